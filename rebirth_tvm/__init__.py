@@ -1,0 +1,46 @@
+"""rebirth-tvm: DeepRebirth as a TVM pass plugin.
+
+Data flows one way: ONNX → Relax (:func:`load`) → passes (:mod:`rebirth_tvm.passes`) →
+build (:func:`build`) → run / measure → report. :func:`compile_model` does all of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+
+def _ensure_passes_package() -> None:
+    """Make ``rebirth_tvm.passes`` importable from a source checkout that is not installed.
+
+    Installs map the top-level ``passes/`` folder to ``rebirth_tvm.passes`` (pyproject's
+    package-dir); running straight from the repository needs the same mapping by hand.
+    """
+    try:
+        importlib.import_module(__name__ + ".passes")
+        return
+    except ModuleNotFoundError as err:
+        if err.name != __name__ + ".passes":
+            raise
+    source = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "passes")
+    spec = importlib.util.spec_from_file_location(
+        __name__ + ".passes", os.path.join(source, "__init__.py"), submodule_search_locations=[source]
+    )
+    if spec is None:
+        raise ModuleNotFoundError(f"rebirth_tvm.passes not found (looked in {source})")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+
+
+_ensure_passes_package()
+
+from . import passes  # noqa: E402
+from .build import BuiltModel, build, run  # noqa: E402
+from .compile import CompileResult, compile_model  # noqa: E402
+from .errors import RebirthError  # noqa: E402
+from .onnx_import import load  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["load", "build", "run", "compile_model", "passes", "BuiltModel", "CompileResult", "RebirthError"]

@@ -1,0 +1,102 @@
+"""Build a Relax module for a target and run it.
+
+CPU builds use TVM's *fused* pipeline (``relax.get_default_pipeline``): the plain ``tvm.compile``
+default for CPU legalizes op by op and fuses nothing, which would hide the very non-tensor costs
+this project removes. Kernels stay untuned unless a tuning database is applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import RebirthError
+from .targets import resolve_target
+
+
+class BuiltModel:
+    """A compiled module and a VM to run it on the host."""
+
+    def __init__(self, executable, target: tvm.target.Target, input_names: Sequence[str], compile_seconds: float):
+        self.executable = executable
+        self.target = target
+        self.input_names = list(input_names)
+        self.compile_seconds = compile_seconds
+        self._vm = None
+
+    @property
+    def vm(self) -> relax.VirtualMachine:
+        if self._vm is None:
+            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+        return self._vm
+
+    def run(self, inputs) -> np.ndarray | list[np.ndarray]:
+        """Run on numpy inputs: one array, a list in input order, or ``{input name: array}``."""
+        return run(self, inputs)
+
+    def export(self, path: str) -> None:
+        """Write a shared library loadable with ``tvm.runtime.load_module`` + ``relax.VirtualMachine``."""
+        # TVM logs a "Scope Saving" warning per kernel from C++ while exporting: noise to a user.
+        with _quiet_native_stderr():
+            self.executable.export_library(path)
+
+
+def build(mod: tvm.IRModule, target="x86", cpu: str | None = None) -> BuiltModel:
+    """Compile ``mod`` with the fused pipeline for ``target`` (a name, JSON dict string or Target)."""
+    if not isinstance(target, tvm.target.Target):
+        target = resolve_target(target, cpu)
+    params = mod["main"].params
+    num_input = int(mod["main"].attrs["num_input"]) if mod["main"].attrs and "num_input" in mod["main"].attrs else len(params)
+    start = time.perf_counter()
+    with target:
+        executable = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    return BuiltModel(executable, target, [p.name for p in params[:num_input]], time.perf_counter() - start)
+
+
+def run(built: BuiltModel, inputs) -> np.ndarray | list[np.ndarray]:
+    """Run a :class:`BuiltModel`; returns one array, or a list for multi-output models."""
+    if isinstance(inputs, np.ndarray):
+        inputs = [inputs]
+    if isinstance(inputs, Mapping):
+        missing = [n for n in built.input_names if n not in inputs]
+        if missing:
+            raise RebirthError(f"missing input(s) {missing}; the model takes {built.input_names}")
+        inputs = [inputs[n] for n in built.input_names]
+    if len(inputs) != len(built.input_names):
+        raise RebirthError(f"the model takes {len(built.input_names)} input(s), got {len(inputs)}")
+    device = tvm.cpu()
+    result = built.vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x), device) for x in inputs])
+    return _to_numpy(result)
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Swallow what native code writes to fd 2, unless the block fails (then it is shown)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _to_numpy(value):
+    if hasattr(value, "numpy"):
+        return value.numpy()
+    return [_to_numpy(v) for v in value]

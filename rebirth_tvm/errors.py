@@ -1,0 +1,15 @@
+"""The one exception type a user sees.
+
+Every problem with the user's input (a missing file, a model we cannot import, a shape a pass
+cannot handle, an unknown target) is raised as :class:`RebirthError` with a message that fits on
+one line and names the problem. The CLI prints it as ``error: <message>`` and exits non-zero;
+anything else escaping is a bug in rebirth-tvm, and is shown with its traceback.
+"""
+
+
+class RebirthError(Exception):
+    """A problem with the user's input, explained in one line."""
+
+    def __init__(self, message: str):
+        # Multi-line messages from lower layers (TVM, onnx) are folded so the CLI prints one line.
+        super().__init__(" ".join(str(message).split()))

@@ -1,0 +1,105 @@
+"""What a compile did, as data (``report.json``) and as tables a person reads (``report.md``)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from typing import Any, Iterable
+
+import numpy as np
+import tvm
+from tvm import relax
+
+
+def op_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """Relax op name → number of calls, over the module's (non-primitive) Relax functions."""
+    counts: Counter = Counter()
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            counts[expr.op.name] += 1
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function) and not (func.attrs and "Primitive" in func.attrs):
+            relax.analysis.post_order_visit(func, visit)
+    return dict(sorted(counts.items()))
+
+
+def output_difference(outputs, references) -> dict[str, float]:
+    """``max_abs_diff`` = max |out − ref|; ``max_rel_diff`` = max |out − ref| / max |ref|.
+
+    The relative error is taken against the output's scale, not element-wise, because logits near
+    zero make element-wise ratios meaningless.
+    """
+    outputs = outputs if isinstance(outputs, list) else [outputs]
+    references = references if isinstance(references, list) else [references]
+    abs_diff, rel_diff = 0.0, 0.0
+    for out, ref in zip(outputs, references):
+        out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+        if out.shape != ref.shape:
+            raise AssertionError(f"output shape {out.shape} differs from the reference's {ref.shape}")
+        diff = float(np.max(np.abs(out - ref))) if out.size else 0.0
+        abs_diff = max(abs_diff, diff)
+        rel_diff = max(rel_diff, diff / max(float(np.max(np.abs(ref))), 1e-30))
+    return {"max_abs_diff": abs_diff, "max_rel_diff": rel_diff}
+
+
+def write_json(report: dict[str, Any], path: str) -> None:
+    with open(path, "w") as f:
+        json.dump(report, f, indent=2, default=str)
+        f.write("\n")
+
+
+def _table(header: list[str], rows: Iterable[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |")
+    return "\n".join(lines)
+
+
+def op_table(before: dict[str, int], after: dict[str, int]) -> str:
+    rows = []
+    for op in sorted(set(before) | set(after)):
+        b, a = before.get(op, 0), after.get(op, 0)
+        change = "" if a == b else f"{a - b:+d}"
+        rows.append([op.replace("relax.", ""), b, a, change])
+    rows.append(["**total**", sum(before.values()), sum(after.values()), f"{sum(after.values()) - sum(before.values()):+d}"])
+    return _table(["op", "before", "after", "change"], rows)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """``report.md``: the same content as ``report.json``, as tables."""
+    check = report["check"]
+    parts = [
+        f"# rebirth-tvm: {report['model']}",
+        "",
+        _table(["", ""], [
+            ["target", json.dumps(report["target"])],
+            ["input", f"{report['input_name']} {report['input_shape']}"],
+            ["passes", report["passes"]],
+            ["compile seconds", f"{report['compile_seconds']:.2f}"],
+            ["reference", check["reference"]],
+            ["inputs compared", check["inputs"]],
+            ["max abs diff", f"{report['max_abs_diff']:.3g}"],
+            ["max rel diff (vs max abs of reference)", f"{report['max_rel_diff']:.3g}"],
+            ["tolerance (rel)", f"{check['tolerance']:.0e}"],
+            ["check", "passed" if check["passed"] else "FAILED"],
+        ]),
+        "",
+        "## Ops before and after",
+        "",
+        op_table(report["ops_before"], report["ops_after"]),
+        "",
+        "## Sites",
+        "",
+    ]
+    sites = report["sites"]
+    if sites:
+        parts.append(_table(["pass", "site", "status", "exact", "reason"],
+                            [[s["pass_name"], s["site"], s["status"], "yes" if s["exact"] else "relearned", s["reason"]] for s in sites]))
+    else:
+        parts.append("No pass found a site to look at.")
+    summary = Counter((s["pass_name"], s["status"]) for s in sites)
+    if summary:
+        parts += ["", "Summary: " + "; ".join(f"{p} {st} {n}" for (p, st), n in sorted(summary.items()))]
+    return "\n".join(parts) + "\n"
