@@ -1,0 +1,89 @@
+"""Command line for the model zoo.
+
+    python -m rebirth_tvm.models --list
+    python -m rebirth_tvm.models --export resnet18 resnet18.onnx [--seed 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+
+from . import MODELS, build_model
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m rebirth_tvm.models",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "List or export the zoo's CNNs as ONNX (opset 13) models with deterministic,\n"
+            "seeded random weights. Input 'data' (float32 NCHW), output 'logits'\n"
+            "(1x1000, no softmax)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  python -m rebirth_tvm.models --list\n"
+            "  python -m rebirth_tvm.models --export googlenet googlenet.onnx --seed 1"
+        ),
+    )
+    action = p.add_mutually_exclusive_group(required=True)
+    action.add_argument("--list", action="store_true", help="print one line per model: name, input shape, description")
+    action.add_argument(
+        "--export",
+        nargs=2,
+        metavar=("NAME", "FILE"),
+        help="build model NAME and write it to FILE (written atomically)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="weight RNG seed for --export (default: 0)")
+    return p
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    # Temp file in the destination directory so os.replace is a same-filesystem
+    # rename: readers never see a half-written model.
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.list:
+        width = max(len(n) for n in MODELS)
+        for spec in MODELS.values():
+            shape = "x".join(str(d) for d in spec.input_shape)
+            print(f"{spec.name:<{width}}  {shape:<12}  {spec.description}")
+        return 0
+
+    name, path = args.export
+    try:
+        model = build_model(name, seed=args.seed)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    data = model.SerializeToString()
+    try:
+        _write_atomic(path, data)
+    except OSError as e:
+        print(f"error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return 1
+    print(f"wrote {name} (seed {args.seed}, {len(data)} bytes) to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
