@@ -10,7 +10,6 @@ are removed by ``DeadCodeElimination`` afterwards.
 
 from __future__ import annotations
 
-from typing import Callable
 
 import tvm
 import tvm_ffi

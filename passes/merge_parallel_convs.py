@@ -139,12 +139,14 @@ class MergeParallelConvs(SitePass):
         classes = sorted(by_key.values(), key=len, reverse=True)
         if not classes:
             return []
-        main = classes[0]
         for group in classes:
             if len(group) >= 2:
                 continue
             m = group[0]
-            records.append(SiteRecord(self.pass_name, m.out_var.name, REFUSED, self._difference(m, main[0]) + f" from the sibling convs reading {source.name}"))
+            # Say how it differs from the biggest group it is not in (the one it would join).
+            ref = next(g for g in classes if g is not group)[0] if len(classes) > 1 else None
+            reason = self._difference(m, ref) if ref is not None else "no mergeable sibling"
+            records.append(SiteRecord(self.pass_name, m.out_var.name, REFUSED, f"{reason} from {ref.out_var.name if ref else 'its siblings'}, which also reads {source.name}"))
         return [g for g in classes if len(g) >= 2]
 
     @staticmethod

@@ -38,7 +38,7 @@ _ensure_passes_package()
 
 from . import passes  # noqa: E402
 from .build import BuiltModel, build, run  # noqa: E402
-from .compile import CompileResult, compile_model  # noqa: E402
+from .pipeline import CompileResult, compile_model  # noqa: E402
 from .errors import RebirthError  # noqa: E402
 from .onnx_import import load  # noqa: E402
 

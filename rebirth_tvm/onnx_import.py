@@ -65,11 +65,28 @@ def read_onnx(path_or_zoo_name: str | os.PathLike | onnx.ModelProto) -> onnx.Mod
         raise RebirthError(f"{text} is not a readable ONNX model ({type(err).__name__}: {err})") from None
     if not model.graph.node:
         raise RebirthError(f"{text} is not an ONNX model (it has no graph nodes)")
+    # Before the checker: it would call an op we cannot import an "invalid model", which is
+    # less useful than naming the op.
+    check_ops_supported(model)
     try:
         onnx.checker.check_model(model)
     except Exception as err:
         raise RebirthError(f"{text} is not a valid ONNX model: {err}") from None
     return model
+
+
+def check_ops_supported(model: onnx.ModelProto) -> None:
+    """Name every op the TVM importer cannot convert, before anything else complains about it."""
+    from tvm.relax.frontend.onnx.onnx_frontend import _get_convert_map
+
+    known = set(_get_convert_map()) | {"If", "Constant"}
+    unsupported = sorted({
+        node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}.{node.op_type}"
+        for node in model.graph.node
+        if node.op_type not in known or node.domain not in ("", "ai.onnx")
+    })
+    if unsupported:
+        raise RebirthError(f"unsupported ONNX op(s): {', '.join(unsupported)} (the TVM importer cannot convert them)")
 
 
 def model_opset(model: onnx.ModelProto) -> int:
@@ -144,15 +161,12 @@ def load(path_or_zoo_name, input_shape: ShapeArg = None) -> tvm.IRModule:
 
 def import_onnx(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> tvm.IRModule:
     """The import itself (see :func:`load`); ``specs`` come from :func:`graph_inputs`."""
-    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter, _get_convert_map
+    from tvm.relax.frontend.onnx.onnx_frontend import ONNXGraphImporter
 
     opset = model_opset(model)
     if opset < MIN_OPSET:
         raise RebirthError(f"ONNX opset {opset} is too old; rebirth-tvm needs opset {MIN_OPSET} or newer")
-    known = set(_get_convert_map()) | {"If", "Constant"}
-    unsupported = sorted({node.op_type for node in model.graph.node if node.op_type not in known or node.domain not in ("", "ai.onnx")})
-    if unsupported:
-        raise RebirthError(f"unsupported ONNX op(s): {', '.join(unsupported)} (the TVM importer cannot convert them)")
+    check_ops_supported(model)
 
     importer = ONNXGraphImporter(
         {s.name: list(s.shape) for s in specs}, {s.name: s.dtype for s in specs}, keep_params_in_input=False
