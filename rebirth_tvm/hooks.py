@@ -1,0 +1,149 @@
+"""Retraining hooks: where a relearned (lossy) rewrite gets its new weights.
+
+A lossy rewrite (conv+pool → strided conv, conv+LRN → conv, branch merges) replaces a block by
+one convolution that cannot reproduce the block exactly. A *hook* relearns that convolution's
+weights so that it imitates the original block (the teacher) on real activations. A hook is any
+callable ``hook(site: RetrainSite) -> (weight, bias)``; :class:`LeastSquaresHook` is the
+closed-form one built in.
+
+The data a hook sees is the site's *input activations computed by the already reborn network
+below it* and the teacher's outputs on those same inputs, so errors cannot compound unseen.
+Where a ReLU follows the new conv, the targets are the teacher's *pre-activation* outputs (max
+pooling and ReLU commute, so relu(pool(z)) is reproduced by relu(conv'(x)) when conv'(x) ≈ pool(z)).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .errors import RebirthError
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Shape of the new convolution (NCHW data, OIHW weights, groups 1)."""
+
+    in_channels: int
+    out_channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        top, left, bottom, right = self.padding
+        out_h = (height + top + bottom - self.kernel[0]) // self.stride[0] + 1
+        out_w = (width + left + right - self.kernel[1]) // self.stride[1] + 1
+        return out_h, out_w
+
+
+@dataclass
+class RetrainSite:
+    """Everything a hook needs to relearn one site.
+
+    Attributes
+    ----------
+    name: the site, as the report names it.
+    geometry: the new conv's shape.
+    init_weight, init_bias: where to start (derived from the original conv).
+    inputs: the site's input activations, (N, C, H, W), from the reborn network below it.
+    targets: the teacher's outputs on ``inputs``, (N, O, Ho, Wo), pre-activation if a ReLU follows.
+    teacher: runs the original block on new inputs (pre-activation), for hooks that want more data.
+    """
+
+    name: str
+    geometry: ConvGeometry
+    init_weight: np.ndarray
+    init_bias: np.ndarray
+    inputs: np.ndarray
+    targets: np.ndarray
+    teacher: Callable[[np.ndarray], np.ndarray] | None = None
+
+
+class RetrainHook(Protocol):
+    def __call__(self, site: RetrainSite) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def im2col(x: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """Patches of ``x`` as rows: (N·Ho·Wo, C·kh·kw), in OIHW weight order.
+
+    ``im2col(x, g) @ w.reshape(O, -1).T`` is the convolution of ``x`` with ``w``.
+    """
+    n, c, h, w = x.shape
+    if c != geometry.in_channels:
+        raise RebirthError(f"site input has {c} channels, the conv expects {geometry.in_channels}")
+    top, left, bottom, right = geometry.padding
+    padded = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    kh, kw = geometry.kernel
+    sh, sw = geometry.stride
+    out_h, out_w = geometry.output_size(h, w)
+    if out_h <= 0 or out_w <= 0:
+        raise RebirthError(f"a {kh}x{kw} conv does not fit a {h}x{w} input")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kh, kw), axis=(2, 3))
+    windows = windows[:, :, : (out_h - 1) * sh + 1 : sh, : (out_w - 1) * sw + 1 : sw]  # N C Ho Wo kh kw
+    return windows.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_h * out_w, c * kh * kw)
+
+
+def conv2d_numpy(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, geometry: ConvGeometry) -> np.ndarray:
+    """Reference convolution through :func:`im2col` (float64), NCHW out."""
+    n, _, h, w = x.shape
+    out_h, out_w = geometry.output_size(h, w)
+    cols = im2col(x.astype(np.float64), geometry)
+    out = cols @ weight.reshape(weight.shape[0], -1).T.astype(np.float64) + bias.astype(np.float64)
+    return out.reshape(n, out_h, out_w, -1).transpose(0, 3, 1, 2)
+
+
+class LeastSquaresHook:
+    """Closed-form ridge regression of the teacher's outputs on the new conv's input patches.
+
+    Solves ``min ||A [W; b] - T||² + λ ||W||²`` with ``A`` the im2col patches (plus a column of
+    ones for the bias) and ``T`` the teacher's outputs; ``λ = ridge · trace(AᵀA) / dim`` scales
+    with the data so one setting fits every layer. Seconds per site with numpy/BLAS.
+
+    Parameters
+    ----------
+    ridge: relative regularisation; small values recover exact solutions when they exist.
+    max_rows: patches used at most (a random subset beyond that), to bound memory and time.
+    seed: for that subset.
+    """
+
+    def __init__(self, ridge: float = 1e-8, max_rows: int = 200_000, seed: int = 0):
+        self.ridge = ridge
+        self.max_rows = max_rows
+        self.seed = seed
+
+    def __call__(self, site: RetrainSite) -> tuple[np.ndarray, np.ndarray]:
+        g = site.geometry
+        cols = im2col(site.inputs.astype(np.float64), g)
+        targets = site.targets.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, g.out_channels)
+        if cols.shape[0] != targets.shape[0]:
+            raise RebirthError(f"site {site.name}: {cols.shape[0]} patches but {targets.shape[0]} target rows (shape mismatch)")
+        if cols.shape[0] > self.max_rows:
+            rows = np.random.default_rng(self.seed).choice(cols.shape[0], self.max_rows, replace=False)
+            cols, targets = cols[rows], targets[rows]
+        dim = cols.shape[1]
+        if cols.shape[0] < dim + 1:
+            raise RebirthError(
+                f"site {site.name}: {cols.shape[0]} input patches for {dim + 1} unknowns per channel; "
+                "give more calibration images"
+            )
+        # Centre the patches so the bias is solved separately and the ridge does not shrink it.
+        mean_cols, mean_targets = cols.mean(axis=0), targets.mean(axis=0)
+        centred = cols - mean_cols
+        gram = centred.T @ centred
+        lam = self.ridge * max(np.trace(gram) / dim, 1e-30)
+        solution = np.linalg.solve(gram + lam * np.eye(dim), centred.T @ (targets - mean_targets))
+        weight = solution.T.reshape(g.out_channels, g.in_channels, *g.kernel)
+        bias = mean_targets - mean_cols @ solution
+        return weight.astype(site.init_weight.dtype), bias.astype(site.init_bias.dtype)
+
+
+def resolve_hook(hook) -> RetrainHook:
+    """``"lstsq"`` or a callable with the hook signature."""
+    if hook in (None, "lstsq"):
+        return LeastSquaresHook()
+    if callable(hook):
+        return hook
+    raise RebirthError(f"unknown hook {hook!r}; use 'lstsq' or a callable(site) -> (weight, bias)")
