@@ -18,6 +18,7 @@ from tvm import relax
 from ._sites import REFUSED, REWRITTEN, SiteRecord, record_sites
 from .fold_batch_norm import FoldBatchNorm
 from .fold_channel_affine import FoldChannelAffine
+from .merge_conv_pool import MergeConvPool
 from .merge_parallel_convs import MergeParallelConvs
 
 
@@ -35,6 +36,6 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "exact_pipeline",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "MergeConvPool", "exact_pipeline",
     "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
 ]

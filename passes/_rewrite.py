@@ -47,6 +47,13 @@ class _PlanApplier(relax.PyExprMutator):
         self.builder_.emit_normalized(relax.VarBinding(binding.var, value))
 
 
+def apply_plan(mod: tvm.IRModule, plan: Plan, function: str = "main") -> tvm.IRModule:
+    """Apply one function's plan and drop what it made dead."""
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    mod[function] = _PlanApplier(mod, plan).visit_expr(mod[function])
+    return relax.transform.DeadCodeElimination()(mod)
+
+
 class SitePass:
     """Base of every rebirth pass: plan per function, apply, clean up, report.
 
