@@ -67,8 +67,7 @@ class SitePass:
         from ._graph import FunctionGraph
 
         self.sites: list[SiteRecord] = []
-        changed = False
-        updates = {}
+        plans = {}
         for gvar, func in mod.functions_items():
             # Fused primitive functions belong to TVM's lowering: never touch them.
             if not isinstance(func, relax.Function) or (func.attrs is not None and "Primitive" in func.attrs):
@@ -79,15 +78,12 @@ class SitePass:
                 record.function = gvar.name_hint
             self.sites.extend(records)
             if plan:
-                updates[gvar] = _PlanApplier(mod, plan).visit_expr(func)
-                changed = True
+                plans[gvar.name_hint] = plan
         publish(self.sites)
-        if not changed:
-            return mod
-        mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-        for gvar, func in updates.items():
-            mod[gvar] = func
-        return relax.transform.DeadCodeElimination()(mod)
+        # An untouched module is returned as it came, so "nothing matched" is structurally equal.
+        for function, plan in plans.items():
+            mod = apply_plan(mod, plan, function)
+        return mod
 
     @property
     def rewritten(self) -> list[SiteRecord]:
