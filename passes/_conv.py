@@ -93,16 +93,9 @@ def match_conv(graph: FunctionGraph, expr) -> ConvUnit | str:
     return ConvUnit(value, conv_var, weight, bias, bias_var, dtype_of(value))
 
 
-def emit_conv(emitter, unit: ConvUnit, weight: np.ndarray, bias: np.ndarray | None, name: str = ""):
-    """A conv2d with ``unit``'s attributes and new constants, returned as ``conv (+ bias)``.
-
-    Constants are cast back to the unit's dtype: the folds compute in float64 so fp16 models
-    are folded without the rounding of an fp16 multiply.
-    """
-    attrs = unit.conv.attrs
-    conv = relax.op.nn.conv2d(
-        emitter.remap(unit.conv.args[0]),
-        relax.const(weight.astype(unit.dtype)),
+def conv2d_like(attrs, data, weight, **overrides):
+    """A conv2d call with another conv's attributes, some of them replaced (``padding=...``)."""
+    settings = dict(
         strides=[int(s) for s in attrs.strides],
         padding=[int(p) for p in attrs.padding],
         dilation=[int(d) for d in attrs.dilation],
@@ -112,6 +105,17 @@ def emit_conv(emitter, unit: ConvUnit, weight: np.ndarray, bias: np.ndarray | No
         out_layout=attrs.out_layout,
         out_dtype=attrs.out_dtype if str(attrs.out_dtype) else None,
     )
+    settings.update(overrides)
+    return relax.op.nn.conv2d(data, weight, **settings)
+
+
+def emit_conv(emitter, unit: ConvUnit, weight: np.ndarray, bias: np.ndarray | None, name: str = ""):
+    """A conv2d with ``unit``'s attributes and new constants, returned as ``conv (+ bias)``.
+
+    Constants are cast back to the unit's dtype: the folds compute in float64 so fp16 models
+    are folded without the rounding of an fp16 multiply.
+    """
+    conv = conv2d_like(unit.conv.attrs, emitter.remap(unit.conv.args[0]), relax.const(weight.astype(unit.dtype)))
     if bias is None:
         return conv
     conv_var = emitter.emit(conv, name)

@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import ConvUnit, match_conv
+from ._conv import ConvUnit, conv2d_like, match_conv
 from ._graph import FunctionGraph, op_name, shape_of
 from ._rewrite import apply_plan
 from ._sites import REFUSED, REWRITTEN, SiteRecord, publish
@@ -81,7 +81,8 @@ class MergeConvPool:
         self.sites: list[SiteRecord] = []
         handled: set[str] = set()
         # Calibration inputs feed main's first parameter, so only main is rewritten.
-        while any(gv.name_hint == "main" for gv in mod.get_global_vars()):  # bottom-up: each site sees the network already rewritten below it
+        has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
+        while has_main:  # bottom-up: each site sees the network already rewritten below it
             graph = FunctionGraph(mod["main"])
             site = None
             for name, found in self._candidates(graph):
@@ -177,8 +178,8 @@ class MergeConvPool:
         g = site.geometry
 
         def build(em):
-            conv = relax.op.nn.conv2d(em.remap(site.unit.conv.args[0]), relax.const(weight.astype(dtype)),
-                                      strides=list(g.stride), padding=list(g.padding))
+            conv = conv2d_like(site.unit.conv.attrs, em.remap(site.unit.conv.args[0]), relax.const(weight.astype(dtype)),
+                               strides=list(g.stride), padding=list(g.padding))
             out = relax.op.add(em.emit(conv, site.name + "_conv"), relax.const(bias.astype(dtype).reshape(1, -1, 1, 1)))
             return relax.op.nn.relu(em.emit(out, site.name + "_bias")) if site.relu else out
 
@@ -240,7 +241,7 @@ def _teacher(site: _Site):
             a, p = unit.conv.attrs, pool.attrs
             with bb.function("main", [data]):
                 with bb.dataflow():
-                    y = bb.emit(relax.op.nn.conv2d(data, relax.const(unit.weight.astype("float32")), strides=a.strides, padding=a.padding))
+                    y = bb.emit(conv2d_like(a, data, relax.const(unit.weight.astype("float32"))))
                     if unit.bias is not None:
                         y = bb.emit(relax.op.add(y, relax.const(unit.bias.astype("float32").reshape(1, -1, 1, 1))))
                     if keep_relu:

@@ -26,7 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import CONV2D, conv_refusal
+from ._conv import CONV2D, conv2d_like, conv_refusal
 from ._graph import FunctionGraph, dtype_of, op_name, per_channel, shape_of
 from ._rewrite import SitePass
 from ._sites import REFUSED, REWRITTEN, SiteRecord
@@ -191,13 +191,7 @@ class MergeParallelConvs(SitePass):
 
         def merged(em):
             if "out" not in state:  # emitted once, at the first sibling in binding order
-                a = ref.attrs
-                conv = relax.op.nn.conv2d(
-                    em.remap(source), relax.const(weight), strides=[int(s) for s in a.strides],
-                    padding=padding, dilation=[int(d) for d in a.dilation], groups=1,
-                    data_layout=a.data_layout, kernel_layout=a.kernel_layout, out_layout=a.out_layout,
-                    out_dtype=a.out_dtype if a.out_dtype else None,
-                )
+                conv = conv2d_like(ref.attrs, em.remap(source), relax.const(weight), padding=padding)
                 out = em.emit(conv, "merged_conv")
                 if bias is not None:
                     out = em.emit(relax.op.add(out, relax.const(bias.reshape(1, -1, 1, 1))), "merged_conv_bias")

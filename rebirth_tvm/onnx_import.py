@@ -211,7 +211,7 @@ def _name_bindings_after_onnx_nodes(mod: tvm.IRModule, model: onnx.ModelProto, n
         return mod
     renamer = _Renamer(mod, by_var)
     func = renamer.visit_expr(mod["main"])
-    mod = tvm.IRModule({**{gv: f for gv, f in mod.functions_items() if gv.name_hint != "main"}}, attrs=mod.attrs)
+    mod = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     mod["main"] = func
     return mod
 
