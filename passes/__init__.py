@@ -18,8 +18,10 @@ from tvm import relax
 from ._sites import REFUSED, REWRITTEN, SiteRecord, record_sites
 from .fold_batch_norm import FoldBatchNorm
 from .fold_channel_affine import FoldChannelAffine
+from .merge_conv_lrn import MergeConvLRN
 from .merge_conv_pool import MergeConvPool
 from .merge_parallel_convs import MergeParallelConvs
+from .streamline import StreamlineMerge
 
 
 def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = False) -> tvm.transform.Pass:
@@ -36,6 +38,7 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "MergeConvPool", "exact_pipeline",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "MergeConvPool", "MergeConvLRN", "StreamlineMerge",
+    "exact_pipeline",
     "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
 ]

@@ -58,7 +58,19 @@ def record_sites() -> Iterator[list[SiteRecord]]:
     try:
         yield sites
     finally:
-        _collectors.remove(sites)
+        # By identity: two collectors holding equal records compare equal as lists.
+        del _collectors[next(i for i, c in enumerate(_collectors) if c is sites)]
+
+
+@contextlib.contextmanager
+def hidden_from_collectors() -> Iterator[None]:
+    """Run passes whose records are interim (a composite pass reports its own summary)."""
+    saved = _collectors[:]
+    _collectors.clear()
+    try:
+        yield
+    finally:
+        _collectors[:] = saved
 
 
 def publish(records: list[SiteRecord]) -> None:

@@ -22,31 +22,15 @@ reproduces the pool's output shape.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
 import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import ConvUnit, conv2d_like, match_conv
+from ._conv import conv2d_like, match_conv
 from ._graph import FunctionGraph, op_name, shape_of
-from ._rewrite import apply_plan
-from ._sites import REFUSED, REWRITTEN, SiteRecord, publish
+from ._relearn import RelearnPass, RelearnSite, conv_macs
 
 _POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
-
-
-@dataclass
-class _Site:
-    name: str
-    pool_var: relax.Var
-    pool: relax.Call
-    unit: ConvUnit
-    relu: bool
-    geometry: object  # hooks.ConvGeometry
-    init_weight: np.ndarray
-    init_bias: np.ndarray
 
 
 def _pairs(values):
@@ -55,53 +39,24 @@ def _pairs(values):
 
 
 @tvm.transform.module_pass(opt_level=0, name="MergeConvPool")
-class MergeConvPool:
+class MergeConvPool(RelearnPass):
     """Merge conv (+ReLU) → pool into one strided conv whose weights a retraining hook relearns.
 
     Parameters
     ----------
-    calibration: input batch for ``main``'s first parameter, (N, C, H, W); a fifth of it (at
-        least one sample) is held out to measure fidelity.
-    hook: ``"lstsq"`` or a callable ``hook(RetrainSite) -> (weight, bias)``.
+    calibration, hook, sites: see :class:`RelearnPass`.
     kernel: ``"cover"`` or ``"keep"`` (see the module docstring).
     """
 
     pass_name = "MergeConvPool"
 
-    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "cover"):
-        from rebirth_tvm.hooks import resolve_hook
-
+    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "cover", sites="all"):
         if kernel not in ("cover", "keep"):
             raise ValueError(f"kernel policy must be 'cover' or 'keep', not {kernel!r}")
-        self.calibration = np.asarray(calibration, dtype=np.float32)
-        self.hook = resolve_hook(hook)
+        super().__init__(calibration, hook, sites)
         self.kernel = kernel
 
-    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        self.sites: list[SiteRecord] = []
-        handled: set[str] = set()
-        # Calibration inputs feed main's first parameter, so only main is rewritten.
-        has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
-        while has_main:  # bottom-up: each site sees the network already rewritten below it
-            graph = FunctionGraph(mod["main"])
-            site = None
-            for name, found in self._candidates(graph):
-                if name in handled:
-                    continue
-                handled.add(name)
-                if isinstance(found, str):
-                    self.sites.append(SiteRecord(self.pass_name, name, REFUSED, found, exact=False))
-                    continue
-                site = found
-                break
-            if site is None:
-                break
-            mod = self._relearn(mod, site)
-        publish(self.sites)
-        return mod
-
-    # -- finding sites -------------------------------------------------------------------------
-    def _candidates(self, graph: FunctionGraph):
+    def find_sites(self, graph: FunctionGraph):
         for binding in graph.dataflow_bindings():
             if op_name(binding.value) in _POOLS:
                 yield binding.var.name, self._match(graph, binding.var, binding.value)
@@ -137,8 +92,7 @@ class MergeConvPool:
         for axis in (0, 1):
             field = kc[axis] + (kp[axis] - 1) * sc[axis]
             size = field if self.kernel == "cover" else kc[axis]
-            before = pc[axis] + pp[axis] * sc[axis] - (field - size) // 2
-            before = max(before, 0)
+            before = max(pc[axis] + pp[axis] * sc[axis] - (field - size) // 2, 0)
             stride = sc[axis] * sp[axis]
             length, out = in_shape[2 + axis], out_shape[2 + axis]
             after = max(0, (out - 1) * stride + size - length - before)
@@ -156,92 +110,26 @@ class MergeConvPool:
         else:
             init[:] = unit.weight
         bias = unit.bias if unit.bias is not None else np.zeros(unit.channels)
-        return _Site(pool_var.name, pool_var, pool, unit, relu, geometry, init, np.asarray(bias, np.float64))
-
-    # -- relearning ----------------------------------------------------------------------------
-    def _relearn(self, mod, site: _Site) -> tvm.IRModule:
-        from rebirth_tvm.hooks import RetrainSite, conv2d_numpy
-
-        start = time.perf_counter()
-        inputs = _activations(mod, site.unit.conv.args[0], self.calibration)
-        teacher = _teacher(site)
-        targets = teacher(inputs)
-        held = max(1, len(inputs) // 5)
-        train_x, train_t, test_x, test_t = inputs[:-held], targets[:-held], inputs[-held:], targets[-held:]
-        retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, teacher)
-        weight, bias = self.hook(retrain)
-        weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
-        before = _fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t)
-        after = _fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t)
-
-        dtype = site.unit.dtype
-        g = site.geometry
-
-        def build(em):
-            conv = conv2d_like(site.unit.conv.attrs, em.remap(site.unit.conv.args[0]), relax.const(weight.astype(dtype)),
-                               strides=list(g.stride), padding=list(g.padding))
-            out = relax.op.add(em.emit(conv, site.name + "_conv"), relax.const(bias.astype(dtype).reshape(1, -1, 1, 1)))
-            return relax.op.nn.relu(em.emit(out, site.name + "_bias")) if site.relu else out
-
-        mod = apply_plan(mod, {site.pool_var: build})
-        self.sites.append(SiteRecord(
-            self.pass_name, site.name, REWRITTEN,
-            f"{'conv+relu' if site.relu else 'conv'}+{op_name(site.pool).replace('relax.nn.', '')} → one "
-            f"{g.kernel[0]}x{g.kernel[1]}/s{g.stride[0]} conv; relative MSE {before['rel_mse']:.3g} → {after['rel_mse']:.3g}",
-            exact=False,
-            detail={"kernel": list(g.kernel), "stride": list(g.stride), "padding": list(g.padding),
-                    "fidelity_initial": before, "fidelity": after, "held_out": held, "calibration": len(inputs),
-                    "seconds": round(time.perf_counter() - start, 3)},
-        ))
-        return mod
+        pattern = f"{'conv+relu' if relu else 'conv'}+{op_name(pool).replace('relax.nn.', '')}"
+        return RelearnSite(
+            pool_var.name, pattern, pool_var, unit.conv.args[0], unit, geometry, init, np.asarray(bias, np.float64),
+            relu, _teacher(unit, pool, keep_relu=relu and op_name(pool) == "relax.nn.avg_pool2d"),
+            conv_macs(shape_of(unit.conv), unit.weight.shape),
+        )
 
 
-def _fidelity(out: np.ndarray, ref: np.ndarray) -> dict:
-    out, ref = out.reshape(-1).astype(np.float64), ref.reshape(-1).astype(np.float64)
-    rel_mse = float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-30))
-    cosine = float(out @ ref / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-30))
-    return {"rel_mse": rel_mse, "cosine": cosine}
-
-
-def _activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
-    """The value of ``var`` in ``main`` for each calibration sample (batch 1 at a time)."""
-    func = mod["main"]
-    if any(var.same_as(p) for p in func.params):
-        return calibration.astype(np.float32)
-    bb = relax.BlockBuilder()
-    with bb.function("main", list(func.params)):
-        with bb.dataflow():
-            for block in func.body.blocks:
-                for binding in block.bindings:
-                    bb.emit_normalized(binding)
-                    if binding.var.same_as(var):
-                        break
-                else:
-                    continue
-                break
-            out = bb.emit_output(var)
-        bb.emit_func_output(out)
-    probe = relax.transform.DeadCodeElimination()(bb.get())
-    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target("llvm")), tvm.cpu())
-    batch = int(func.params[0].ty.shape[0])
-    outs = [vm["main"](tvm.runtime.tensor(calibration[i:i + batch])).numpy() for i in range(0, len(calibration), batch)]
-    return np.concatenate(outs).astype(np.float32)
-
-
-def _teacher(site: _Site):
+def _teacher(unit, pool, keep_relu: bool):
     """The original block as a function of its input: pre-activation for max pooling."""
-    unit, pool = site.unit, site.pool
-    keep_relu = site.relu and op_name(pool) == "relax.nn.avg_pool2d"
     compiled = {}
 
     def run(x: np.ndarray) -> np.ndarray:
         if x.shape not in compiled:
             bb = relax.BlockBuilder()
             data = relax.Var("x", relax.TensorType(x.shape, "float32"))
-            a, p = unit.conv.attrs, pool.attrs
+            p = pool.attrs
             with bb.function("main", [data]):
                 with bb.dataflow():
-                    y = bb.emit(conv2d_like(a, data, relax.const(unit.weight.astype("float32"))))
+                    y = bb.emit(conv2d_like(unit.conv.attrs, data, relax.const(unit.weight.astype("float32"))))
                     if unit.bias is not None:
                         y = bb.emit(relax.op.add(y, relax.const(unit.bias.astype("float32").reshape(1, -1, 1, 1))))
                     if keep_relu:

@@ -44,3 +44,40 @@ def tiny_cnn(batch=1, opset=13, dynamic=False, extra_nodes=(), weight_from_graph
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 8
     return model
+
+
+def stem(size=32, lrn_alpha=1e-2) -> onnx.ModelProto:
+    """GoogLeNet's stem in small: conv→ReLU→pool(ceil)→LRN→conv 1×1→ReLU→conv 3×3→ReLU→LRN→pool(ceil).
+
+    ``lrn_alpha`` is larger than BVLC's 1e-4 so the LRN changes its input noticeably.
+    """
+    r = np.random.default_rng(1)
+
+    def init(name, a):
+        return numpy_helper.from_array(np.asarray(a, np.float32), name)
+
+    inits = [
+        init("w1", r.normal(0, np.sqrt(2 / 27), (8, 3, 3, 3))), init("b1", r.normal(0, 0.1, 8)),
+        init("w2", r.normal(0, np.sqrt(2 / 8), (8, 8, 1, 1))), init("b2", r.normal(0, 0.1, 8)),
+        init("w3", r.normal(0, np.sqrt(2 / 72), (12, 8, 3, 3))), init("b3", r.normal(0, 0.1, 12)),
+    ]
+    lrn = dict(size=5, alpha=lrn_alpha, beta=0.75, bias=1.0)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1], name="conv1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="relu1"),
+        helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, name="pool1"),
+        helper.make_node("LRN", ["p1"], ["n1"], name="norm1", **lrn),
+        helper.make_node("Conv", ["n1", "w2", "b2"], ["c2"], kernel_shape=[1, 1], name="conv2_reduce"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["c3"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], name="conv2"),
+        helper.make_node("Relu", ["c3"], ["r3"], name="relu3"),
+        helper.make_node("LRN", ["r3"], ["n3"], name="norm2", **lrn),
+        helper.make_node("MaxPool", ["n3"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, name="pool2"),
+    ]
+    graph = helper.make_graph(
+        nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, None, None, None])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model

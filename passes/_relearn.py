@@ -1,0 +1,186 @@
+"""The shared driver of every relearned (lossy) merge.
+
+A lossy pass only says *where* it can merge and *what* the new conv looks like (a
+:class:`RelearnSite`); this driver does the rest, identically for every rule:
+
+1. sites are taken bottom-up, one at a time, so each one sees the network already rewritten below
+   it (layer-wise rebirth: errors cannot compound unseen);
+2. the site's input activations are computed on the calibration inputs by the current module;
+3. the teacher (the original block) gives the targets; a fifth of the samples is held out;
+4. the retraining hook returns the new weights; fidelity on the held-out samples is measured for
+   the initial and the relearned weights (relative MSE and cosine);
+5. the block is replaced by ``conv (+ bias) (+ ReLU)`` and the site is recorded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._conv import ConvUnit, conv2d_like
+from ._graph import FunctionGraph
+from ._rewrite import apply_plan
+from ._sites import REFUSED, REWRITTEN, SiteRecord, publish
+
+
+@dataclass
+class RelearnSite:
+    """One block a lossy rule wants to replace by a single conv (+ ReLU).
+
+    ``teacher(x)`` maps the site's input activations to the targets the new conv must produce
+    *before* its ReLU (pre-activation where the block allows it, the block's output otherwise).
+    """
+
+    name: str
+    pattern: str
+    output_var: relax.Var
+    input_var: relax.Var
+    unit: ConvUnit  # the conv whose attributes (layout, dtype) the new conv keeps
+    geometry: object  # rebirth_tvm.hooks.ConvGeometry
+    init_weight: np.ndarray
+    init_bias: np.ndarray
+    relu: bool
+    teacher: Callable[[np.ndarray], np.ndarray]
+    macs_before: int
+
+
+def fidelity(out: np.ndarray, ref: np.ndarray) -> dict:
+    """Relative MSE (‖out − ref‖² / ‖ref‖²) and cosine similarity, over all elements."""
+    out, ref = out.reshape(-1).astype(np.float64), ref.reshape(-1).astype(np.float64)
+    rel_mse = float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-30))
+    cosine = float(out @ ref / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-30))
+    return {"rel_mse": rel_mse, "cosine": cosine}
+
+
+def activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
+    """The value of ``var`` in ``main`` for each calibration sample, in the model's batch size."""
+    func = mod["main"]
+    if any(var.same_as(p) for p in func.params):
+        return calibration.astype(np.float32)
+    bb = relax.BlockBuilder()
+    with bb.function("main", list(func.params)):
+        with bb.dataflow():
+            for block in func.body.blocks:
+                for binding in block.bindings:
+                    bb.emit_normalized(binding)
+                    if binding.var.same_as(var):
+                        break
+                else:
+                    continue
+                break
+            out = bb.emit_output(var)
+        bb.emit_func_output(out)
+    probe = relax.transform.DeadCodeElimination()(bb.get())
+    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target("llvm")), tvm.cpu())
+    batch = int(func.params[0].ty.shape[0])
+    if len(calibration) % batch:
+        raise ValueError(f"{len(calibration)} calibration samples do not split into batches of {batch}")
+    outs = [vm["main"](tvm.runtime.tensor(calibration[i:i + batch])).numpy() for i in range(0, len(calibration), batch)]
+    return np.concatenate(outs).astype(np.float32)
+
+
+def conv_macs(out_shape, weight_shape) -> int:
+    return int(np.prod(out_shape)) * int(np.prod(weight_shape[1:]))
+
+
+class RelearnPass:
+    """Base of the lossy passes. Subclasses define ``find_sites(graph)`` and ``pass_name``.
+
+    Parameters
+    ----------
+    calibration: inputs for ``main``'s first parameter, (N, C, H, W) with N a multiple of the
+        model's batch; a fifth of it (at least one sample) is held out to measure fidelity.
+    hook: ``"lstsq"`` or a callable ``hook(RetrainSite) -> (weight, bias)``.
+    sites: ``"all"`` or site names / glob patterns (``"inception_4*"``) to rewrite; other sites
+        are left alone and reported as not selected.
+    """
+
+    pass_name = "RelearnPass"
+
+    def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all"):
+        from rebirth_tvm.hooks import resolve_hook
+
+        self.calibration = np.asarray(calibration, dtype=np.float32)
+        if self.calibration.ndim != 4 or len(self.calibration) < 2:
+            raise ValueError(f"calibration must be (N, C, H, W) with N >= 2, got shape {self.calibration.shape}")
+        self.hook = resolve_hook(hook)
+        self.selection = None if sites == "all" else ([sites] if isinstance(sites, str) else list(sites))
+
+    def selected(self, name: str) -> bool:
+        return self.selection is None or any(fnmatch.fnmatchcase(name, p) for p in self.selection)
+
+    def find_sites(self, graph: FunctionGraph) -> Iterator[tuple[str, RelearnSite | str]]:
+        return iter(())
+
+    def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        self.sites: list[SiteRecord] = []
+        rewritten: list[SiteRecord] = []
+        refused: dict[str, str] = {}
+        # Calibration inputs feed main's first parameter, so only main is rewritten.
+        has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
+        while has_main:
+            # Bottom-up: take the lowest site that can be rewritten now, relearn it on the
+            # network as rewritten so far, then look again. A refusal is only final if it still
+            # holds after the last rewrite (a merge below can turn a refused site into a chain).
+            refused, site = {}, None
+            for name, found in self.find_sites(FunctionGraph(mod["main"])):
+                if isinstance(found, str):
+                    refused[name] = found
+                elif not self.selected(name):
+                    refused[name] = "not selected (sites=...)"
+                else:
+                    site = found
+                    break
+            if site is None:
+                break
+            mod = self.relearn(mod, site)
+            rewritten.append(self.sites.pop())
+        self.sites = rewritten + [SiteRecord(self.pass_name, n, REFUSED, r, exact=False) for n, r in refused.items()]
+        publish(self.sites)
+        return mod
+
+    def relearn(self, mod: tvm.IRModule, site: RelearnSite) -> tvm.IRModule:
+        from rebirth_tvm.hooks import RetrainSite, conv2d_numpy
+
+        start = time.perf_counter()
+        inputs = activations(mod, site.input_var, self.calibration)
+        targets = site.teacher(inputs)
+        held = max(1, len(inputs) // 5)
+        train_x, train_t, test_x, test_t = inputs[:-held], targets[:-held], inputs[-held:], targets[-held:]
+        retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher)
+        weight, bias = self.hook(retrain)
+        weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
+        expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)
+        if weight.shape != expected or bias.shape != (expected[0],):
+            raise ValueError(f"hook returned weight {weight.shape} / bias {bias.shape} for site {site.name}, expected {expected} / {(expected[0],)}")
+        before = fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t)
+        after = fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t)
+        g, dtype = site.geometry, site.unit.dtype
+
+        def build(em):
+            conv = conv2d_like(site.unit.conv.attrs, em.remap(site.input_var), relax.const(weight.astype(dtype)),
+                               strides=list(g.stride), padding=list(g.padding))
+            out = relax.op.add(em.emit(conv, site.name + "_conv"), relax.const(bias.astype(dtype).reshape(1, -1, 1, 1)))
+            return relax.op.nn.relu(em.emit(out, site.name + "_bias")) if site.relu else out
+
+        mod = apply_plan(mod, {site.output_var: build})
+        in_shape = [int(d) for d in site.input_var.ty.shape]
+        out_shape = (in_shape[0], g.out_channels, *g.output_size(*in_shape[2:]))
+        self.sites.append(SiteRecord(
+            self.pass_name, site.name, REWRITTEN,
+            f"{site.pattern} → one {g.kernel[0]}x{g.kernel[1]}/s{g.stride[0]} conv{'+relu' if site.relu else ''}; "
+            f"held-out relative MSE {before['rel_mse']:.3g} → {after['rel_mse']:.3g}",
+            exact=False,
+            detail={"pattern": site.pattern, "kernel": list(g.kernel), "stride": list(g.stride), "padding": list(g.padding),
+                    "input_shape": in_shape, "output_shape": [int(d) for d in out_shape],
+                    "macs_before": site.macs_before, "macs_after": conv_macs(out_shape, expected),
+                    "fidelity_initial": before, "fidelity": after, "held_out": held, "calibration": len(inputs),
+                    "seconds": round(time.perf_counter() - start, 3)},
+        ))
+        return mod

@@ -1,0 +1,45 @@
+"""StreamlineMerge: DeepRebirth's streamline (vertical) merging, chains included.
+
+One relearning pass with both rules, :class:`MergeConvLRN` and :class:`MergeConvPool`, always
+taking the lowest site of either kind: chains collapse bottom-up. GoogLeNet's
+``conv1 → ReLU → pool1 → LRN`` becomes one conv (the pool merge first, then the LRN merge sees
+``conv' → ReLU``), and ``conv2 → ReLU → LRN → pool2`` likewise (LRN first, then the pool). Each
+step is relearned on the network as rewritten below it.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import numpy as np
+import tvm
+
+from ._graph import FunctionGraph
+from ._relearn import RelearnPass
+from .merge_conv_lrn import MergeConvLRN
+from .merge_conv_pool import MergeConvPool
+
+
+@tvm.transform.module_pass(opt_level=0, name="StreamlineMerge")
+class StreamlineMerge(RelearnPass):
+    """Merge conv (+ReLU) with the LRNs and pools that follow it, chains included; relearned.
+
+    Parameters: ``calibration``, ``hook``, ``sites`` as for :class:`RelearnPass`; ``kernel`` for
+    the pool merges (``"cover"`` or ``"keep"``).
+    """
+
+    pass_name = "StreamlineMerge"
+
+    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "cover", sites="all"):
+        super().__init__(calibration, hook, sites)
+        self.rules = [MergeConvLRN(calibration, hook, sites), MergeConvPool(calibration, hook, kernel, sites)]
+
+    def find_sites(self, graph: FunctionGraph):
+        def positioned(rule):
+            for name, found in rule.find_sites(graph):
+                var = found.output_var if not isinstance(found, str) else next(
+                    b.var for b in graph.bindings if b.var.name == name)
+                yield graph.position[var], name, found
+
+        for _, name, found in heapq.merge(*(positioned(rule) for rule in self.rules), key=lambda t: t[0]):
+            yield name, found
