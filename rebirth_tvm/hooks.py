@@ -100,43 +100,49 @@ class LeastSquaresHook:
 
     Solves ``min ||A [W; b] - T||² + λ ||W||²`` with ``A`` the im2col patches (plus a column of
     ones for the bias) and ``T`` the teacher's outputs; ``λ = ridge · trace(AᵀA) / dim`` scales
-    with the data so one setting fits every layer. Seconds per site with numpy/BLAS.
+    with the data so one setting fits every layer. The normal equations are accumulated a few
+    samples at a time, so memory is O(dim²) whatever the calibration size. Seconds per site.
 
     Parameters
     ----------
     ridge: relative regularisation; small values recover exact solutions when they exist.
-    max_rows: patches used at most (a random subset beyond that), to bound memory and time.
-    seed: for that subset.
+    chunk: samples per im2col block (bounds the patch matrix held at once).
     """
 
-    def __init__(self, ridge: float = 1e-8, max_rows: int = 200_000, seed: int = 0):
+    def __init__(self, ridge: float = 1e-8, chunk: int = 8):
         self.ridge = ridge
-        self.max_rows = max_rows
-        self.seed = seed
+        self.chunk = chunk
 
     def __call__(self, site: RetrainSite) -> tuple[np.ndarray, np.ndarray]:
         g = site.geometry
-        cols = im2col(site.inputs.astype(np.float64), g)
-        targets = site.targets.astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, g.out_channels)
-        if cols.shape[0] != targets.shape[0]:
-            raise RebirthError(f"site {site.name}: {cols.shape[0]} patches but {targets.shape[0]} target rows (shape mismatch)")
-        if cols.shape[0] > self.max_rows:
-            rows = np.random.default_rng(self.seed).choice(cols.shape[0], self.max_rows, replace=False)
-            cols, targets = cols[rows], targets[rows]
-        dim = cols.shape[1]
-        if cols.shape[0] < dim + 1:
+        n = len(site.inputs)
+        if site.targets.shape[0] != n:
+            raise RebirthError(f"site {site.name}: {n} input samples but {site.targets.shape[0]} targets")
+        dim = g.in_channels * g.kernel[0] * g.kernel[1]
+        rows, sum_a, sum_t = 0, np.zeros(dim), np.zeros(g.out_channels)
+        gram, cross = np.zeros((dim, dim)), np.zeros((dim, g.out_channels))
+        for start in range(0, n, self.chunk):
+            cols = im2col(site.inputs[start:start + self.chunk].astype(np.float64), g)
+            targets = site.targets[start:start + self.chunk].astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, g.out_channels)
+            if cols.shape[0] != targets.shape[0]:
+                raise RebirthError(f"site {site.name}: {cols.shape[0]} patches but {targets.shape[0]} target rows (shape mismatch)")
+            rows += cols.shape[0]
+            sum_a += cols.sum(axis=0)
+            sum_t += targets.sum(axis=0)
+            gram += cols.T @ cols
+            cross += cols.T @ targets
+        if rows < dim + 1:
             raise RebirthError(
-                f"site {site.name}: {cols.shape[0]} input patches for {dim + 1} unknowns per channel; "
-                "give more calibration images"
+                f"site {site.name}: {rows} input patches for {dim + 1} unknowns per channel; give more calibration images"
             )
-        # Centre the patches so the bias is solved separately and the ridge does not shrink it.
-        mean_cols, mean_targets = cols.mean(axis=0), targets.mean(axis=0)
-        centred = cols - mean_cols
-        gram = centred.T @ centred
+        # Centre (subtract the means) so the bias is solved separately and the ridge does not shrink it.
+        mean_a, mean_t = sum_a / rows, sum_t / rows
+        gram -= rows * np.outer(mean_a, mean_a)
+        cross -= rows * np.outer(mean_a, mean_t)
         lam = self.ridge * max(np.trace(gram) / dim, 1e-30)
-        solution = np.linalg.solve(gram + lam * np.eye(dim), centred.T @ (targets - mean_targets))
+        solution = np.linalg.solve(gram + lam * np.eye(dim), cross)
         weight = solution.T.reshape(g.out_channels, g.in_channels, *g.kernel)
-        bias = mean_targets - mean_cols @ solution
+        bias = mean_t - mean_a @ solution
         return weight.astype(site.init_weight.dtype), bias.astype(site.init_bias.dtype)
 
 
