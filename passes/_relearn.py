@@ -21,6 +21,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 import tvm
+from tqdm import tqdm
 from tvm import relax
 
 from ._conv import ConvUnit, conv2d_like
@@ -124,6 +125,8 @@ class RelearnPass:
         refused: dict[str, str] = {}
         # Calibration inputs feed main's first parameter, so only main is rewritten.
         has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
+        # tqdm's disable=None shows the bar on a terminal only, so logs and pipes stay clean.
+        progress = tqdm(desc=f"{self.pass_name}: relearning", unit=" site", disable=None, leave=False)
         while has_main:
             # Bottom-up: take the lowest site that can be rewritten now, relearn it on the
             # network as rewritten so far, then look again. A refusal is only final if it still
@@ -139,8 +142,11 @@ class RelearnPass:
                     break
             if site is None:
                 break
+            progress.set_postfix_str(site.name)
             mod = self.relearn(mod, site)
             rewritten.append(self.sites.pop())
+            progress.update()
+        progress.close()
         self.sites = rewritten + [SiteRecord(self.pass_name, n, REFUSED, r, exact=False) for n, r in refused.items()]
         publish(self.sites)
         return mod

@@ -14,7 +14,7 @@ from typing import Any
 
 from . import report as report_mod
 from .errors import RebirthError
-from .pipeline import PASS_SETS, compile_model, parse_shape, write_result
+from .pipeline import PASS_SETS, RebirthOptions, compile_model, parse_shape, write_result
 from .targets import TARGETS
 
 
@@ -29,6 +29,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"max rel diff {report['max_rel_diff']:.3g} (tolerance {report['check']['tolerance']:g}) "
         f"-> {'passed' if report['check']['passed'] else 'FAILED'}"
     )
+    fidelity = report.get("fidelity")
+    if fidelity:
+        lines.append(
+            f"rebirth vs the original on {fidelity.get('samples', 0)} held-out inputs ({fidelity['calibration']}): "
+            f"top-1 agreement {fidelity.get('top1_agreement', float('nan')):.1%}, top-5 {fidelity.get('top5_agreement', float('nan')):.1%}, "
+            f"relative logit error {fidelity.get('relative_logit_error', float('nan')):.3g}; relearned in {fidelity['relearn_seconds']:.1f} s"
+        )
     lines.append(f"compile: {report['compile_seconds']:.1f} s for {json_target(report['target'])}")
     return lines
 
@@ -53,6 +60,14 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-kernel-padding", action="store_true", help="let MergeParallelConvs merge different kernel sizes by zero-padding them (exact, but more FLOPs)")
     parser.add_argument("--skip-merge-parallel", action="store_true", help="do not merge sibling convs that read the same tensor")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs used to check the result (default 0)")
+    rebirth = parser.add_argument_group("rebirth (relearned merges: conv+pool, conv+LRN, chains of them)")
+    rebirth.add_argument("--rebirth", action="store_true", help="also merge conv with the pools and LRNs after it, relearning the new convs against the original blocks")
+    rebirth.add_argument("--calib", default=None, help="calibration inputs: a folder of images, an .npy array (N,C,H,W), or 'random' (labelled as such in the report); required with --rebirth")
+    rebirth.add_argument("--calib-count", type=int, default=None, help="use at most this many calibration inputs (a fifth is held out for fidelity)")
+    rebirth.add_argument("--preset", default=None, choices=["imagenet", "gray"], help="image preprocessing (default: the zoo model's, else imagenet)")
+    rebirth.add_argument("--hook", default="lstsq", help="retraining hook: lstsq (closed-form least squares, default) or package.module:function")
+    rebirth.add_argument("--sites", default="all", help="comma-separated site names or glob patterns to relearn (default: all)")
+    rebirth.add_argument("--pool-kernel", default="cover", choices=["cover", "keep"], help="conv+pool merges: grow the kernel to the pool's receptive field (cover, default) or keep the conv's")
     parser.add_argument("--out", required=True, help="output directory: model.so, report.json, report.md (replaced as a whole)")
     return parser
 
@@ -61,10 +76,19 @@ def main(argv=None) -> int:
     args = make_parser().parse_args(argv)
     try:
         start = time.perf_counter()
+        rebirth = None
+        if args.rebirth:
+            if not args.calib:
+                raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, or 'random')")
+            sites = "all" if args.sites == "all" else [s.strip() for s in args.sites.split(",") if s.strip()]
+            rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
+                                     preset=args.preset, calib_count=args.calib_count)
+        elif args.calib:
+            raise RebirthError("--calib is only used with --rebirth")
         result = compile_model(
             args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
             cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
-            merge_parallel=not args.skip_merge_parallel, seed=args.seed,
+            merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth,
         )
         write_result(result, args.out)
     except RebirthError as err:

@@ -7,6 +7,12 @@ anything else escaping is a bug in rebirth-tvm, and is shown with its traceback.
 """
 
 
+import tvm_ffi
+
+
+# Registered with TVM's FFI so that a RebirthError raised inside one of our passes, while TVM's
+# pass infrastructure is running it, reaches the caller as a RebirthError (not a RuntimeError).
+@tvm_ffi.register_error
 class RebirthError(Exception):
     """A problem with the user's input, explained in one line."""
 

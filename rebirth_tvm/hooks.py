@@ -95,23 +95,86 @@ def conv2d_numpy(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, geometry: 
     return out.reshape(n, out_h, out_w, -1).transpose(0, 3, 1, 2)
 
 
+@dataclass
+class _Moments:
+    """Sufficient statistics of one group of samples for linear least squares."""
+
+    rows: int
+    sum_a: np.ndarray
+    sum_t: np.ndarray
+    gram: np.ndarray  # AᵀA
+    cross: np.ndarray  # AᵀT
+    sum_tt: float  # Σ T²
+
+    def __add__(self, other: "_Moments") -> "_Moments":
+        return _Moments(self.rows + other.rows, self.sum_a + other.sum_a, self.sum_t + other.sum_t,
+                        self.gram + other.gram, self.cross + other.cross, self.sum_tt + other.sum_tt)
+
+    def __sub__(self, other: "_Moments") -> "_Moments":
+        return _Moments(self.rows - other.rows, self.sum_a - other.sum_a, self.sum_t - other.sum_t,
+                        self.gram - other.gram, self.cross - other.cross, self.sum_tt - other.sum_tt)
+
+    def centred(self):
+        mean_a, mean_t = self.sum_a / self.rows, self.sum_t / self.rows
+        return (self.gram - self.rows * np.outer(mean_a, mean_a),
+                self.cross - self.rows * np.outer(mean_a, mean_t), mean_a, mean_t)
+
+    def squared_error(self, weight: np.ndarray, bias: np.ndarray) -> float:
+        """Σ ‖a·W + b − t‖² over these rows, from the statistics alone."""
+        return float(np.sum(weight * (self.gram @ weight)) + self.rows * bias @ bias + self.sum_tt
+                     + 2 * bias @ (weight.T @ self.sum_a) - 2 * np.sum(weight * self.cross) - 2 * bias @ self.sum_t)
+
+
 class LeastSquaresHook:
     """Closed-form ridge regression of the teacher's outputs on the new conv's input patches.
 
-    Solves ``min ||A [W; b] - T||² + λ ||W||²`` with ``A`` the im2col patches (plus a column of
-    ones for the bias) and ``T`` the teacher's outputs; ``λ = ridge · trace(AᵀA) / dim`` scales
-    with the data so one setting fits every layer. The normal equations are accumulated a few
-    samples at a time, so memory is O(dim²) whatever the calibration size. Seconds per site.
+    Solves ``min ||A W + b - T||² + λ ||W||²`` with ``A`` the im2col patches and ``T`` the
+    teacher's outputs (the bias is fitted unregularised by centring). ``λ`` is chosen by k-fold
+    cross-validation over the calibration samples from a grid relative to ``trace(AᵀA)/dim``:
+    with few images a large λ keeps the new conv from fitting noise, and where an exact solution
+    exists the smallest λ wins and recovers it. Normal equations are accumulated a few samples at
+    a time, so memory is O(dim²) whatever the calibration size; one eigendecomposition per fold
+    serves every λ. Seconds per site.
 
     Parameters
     ----------
-    ridge: relative regularisation; small values recover exact solutions when they exist.
+    ridges: the relative λ grid; one value disables cross-validation. The grid stops at 1e-2:
+        larger λ won local cross-validation on max-pool sites but shrank their outputs enough
+        to hurt the layers after them (GoogLeNet-like stem, end-to-end relative MSE: 0.43 with
+        the grid to 1e-2, 0.74 to 1.0, 0.48 with no ridge; on 19 photos 0.22 vs 8.0 without).
+    folds: cross-validation folds over samples (fewer samples than folds: no cross-validation,
+        the smallest ridge is used).
     chunk: samples per im2col block (bounds the patch matrix held at once).
     """
 
-    def __init__(self, ridge: float = 1e-8, chunk: int = 8):
-        self.ridge = ridge
+    def __init__(self, ridges=(1e-8, 1e-6, 1e-4, 1e-3, 1e-2), folds: int = 4, chunk: int = 8):
+        self.ridges = tuple(ridges) if np.ndim(ridges) else (float(ridges),)
+        self.folds = folds
         self.chunk = chunk
+        self.chosen_ridge: float | None = None  # the last site's choice, for reports and tests
+
+    def moments(self, site: RetrainSite, start: int, stop: int) -> _Moments:
+        g = site.geometry
+        dim = g.in_channels * g.kernel[0] * g.kernel[1]
+        total = _Moments(0, np.zeros(dim), np.zeros(g.out_channels), np.zeros((dim, dim)), np.zeros((dim, g.out_channels)), 0.0)
+        for first in range(start, stop, self.chunk):
+            cols = im2col(site.inputs[first:min(first + self.chunk, stop)].astype(np.float64), g)
+            targets = site.targets[first:min(first + self.chunk, stop)].astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, g.out_channels)
+            if cols.shape[0] != targets.shape[0]:
+                raise RebirthError(f"site {site.name}: {cols.shape[0]} patches but {targets.shape[0]} target rows (shape mismatch)")
+            total = total + _Moments(cols.shape[0], cols.sum(axis=0), targets.sum(axis=0), cols.T @ cols, cols.T @ targets, float(np.sum(targets ** 2)))
+        return total
+
+    @staticmethod
+    def _solve(moments: _Moments, ridges):
+        """(weight, bias) for each relative ridge, from one eigendecomposition."""
+        gram, cross, mean_a, mean_t = moments.centred()
+        scale = max(np.trace(gram) / len(gram), 1e-30)
+        values, vectors = np.linalg.eigh(gram)
+        projected = vectors.T @ cross
+        for ridge in ridges:
+            weight = vectors @ (projected / (np.maximum(values, 0) + ridge * scale)[:, None])
+            yield ridge, weight, mean_t - mean_a @ weight
 
     def __call__(self, site: RetrainSite) -> tuple[np.ndarray, np.ndarray]:
         g = site.geometry
@@ -119,37 +182,43 @@ class LeastSquaresHook:
         if site.targets.shape[0] != n:
             raise RebirthError(f"site {site.name}: {n} input samples but {site.targets.shape[0]} targets")
         dim = g.in_channels * g.kernel[0] * g.kernel[1]
-        rows, sum_a, sum_t = 0, np.zeros(dim), np.zeros(g.out_channels)
-        gram, cross = np.zeros((dim, dim)), np.zeros((dim, g.out_channels))
-        for start in range(0, n, self.chunk):
-            cols = im2col(site.inputs[start:start + self.chunk].astype(np.float64), g)
-            targets = site.targets[start:start + self.chunk].astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, g.out_channels)
-            if cols.shape[0] != targets.shape[0]:
-                raise RebirthError(f"site {site.name}: {cols.shape[0]} patches but {targets.shape[0]} target rows (shape mismatch)")
-            rows += cols.shape[0]
-            sum_a += cols.sum(axis=0)
-            sum_t += targets.sum(axis=0)
-            gram += cols.T @ cols
-            cross += cols.T @ targets
-        if rows < dim + 1:
+        bounds = np.linspace(0, n, min(self.folds, n) + 1).astype(int)
+        parts = [self.moments(site, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        total = parts[0]
+        for part in parts[1:]:
+            total = total + part
+        if total.rows < dim + 1:
             raise RebirthError(
-                f"site {site.name}: {rows} input patches for {dim + 1} unknowns per channel; give more calibration images"
+                f"site {site.name}: {total.rows} input patches for {dim + 1} unknowns per channel; give more calibration images"
             )
-        # Centre (subtract the means) so the bias is solved separately and the ridge does not shrink it.
-        mean_a, mean_t = sum_a / rows, sum_t / rows
-        gram -= rows * np.outer(mean_a, mean_a)
-        cross -= rows * np.outer(mean_a, mean_t)
-        lam = self.ridge * max(np.trace(gram) / dim, 1e-30)
-        solution = np.linalg.solve(gram + lam * np.eye(dim), cross)
-        weight = solution.T.reshape(g.out_channels, g.in_channels, *g.kernel)
-        bias = mean_t - mean_a @ solution
+        ridge = min(self.ridges)
+        if len(self.ridges) > 1 and len(parts) >= 2:
+            errors = dict.fromkeys(self.ridges, 0.0)
+            for part in parts:
+                for candidate, weight, bias in self._solve(total - part, self.ridges):
+                    errors[candidate] += part.squared_error(weight, bias)
+            ridge = min(errors, key=lambda r: (errors[r], r))
+        self.chosen_ridge = ridge
+        _, weight, bias = next(self._solve(total, (ridge,)))
+        weight = weight.T.reshape(g.out_channels, g.in_channels, *g.kernel)
         return weight.astype(site.init_weight.dtype), bias.astype(site.init_bias.dtype)
 
 
 def resolve_hook(hook) -> RetrainHook:
-    """``"lstsq"`` or a callable with the hook signature."""
-    if hook in (None, "lstsq"):
+    """``"lstsq"``, ``"package.module:function"``, or a callable with the hook signature."""
+    if hook is None or (isinstance(hook, str) and hook == "lstsq"):
         return LeastSquaresHook()
     if callable(hook):
         return hook
-    raise RebirthError(f"unknown hook {hook!r}; use 'lstsq' or a callable(site) -> (weight, bias)")
+    if isinstance(hook, str) and ":" in hook:
+        import importlib
+
+        module_name, _, attr = hook.partition(":")
+        try:
+            found = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as err:
+            raise RebirthError(f"cannot load hook {hook!r}: {err}") from None
+        if not callable(found):
+            raise RebirthError(f"hook {hook!r} is not callable")
+        return found
+    raise RebirthError(f"unknown hook {hook!r}; use 'lstsq', 'module:function' or a callable(site) -> (weight, bias)")

@@ -11,9 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import tvm
 
 from . import report as report_mod
@@ -28,6 +30,26 @@ PASS_SETS = ("exact", "none")
 #: Exact passes only reorder float arithmetic; 1e-4 of the output's scale is far above the
 #: rounding they cause (measured ≤ 2e-6 on the zoo) and far below any real change.
 EXACT_TOLERANCE = 1e-4
+
+
+@dataclass
+class RebirthOptions:
+    """How the relearned (lossy) rewrites run; see :func:`compile_model`.
+
+    calib: a folder of images, an ``.npy`` file, an array/iterable, or ``"random"`` (labelled).
+    hook: ``"lstsq"``, a callable ``hook(RetrainSite) -> (weight, bias)``, or ``"module:function"``.
+    sites: ``"all"`` or names / glob patterns of the sites to rewrite.
+    pool_kernel: ``"cover"`` (grow to the pool's receptive field) or ``"keep"``.
+    preset: image preprocessing (default: the zoo model's, else ``"imagenet"``).
+    calib_count: use at most this many calibration inputs.
+    """
+
+    calib: object
+    hook: object = "lstsq"
+    sites: object = "all"
+    pool_kernel: str = "cover"
+    preset: str | None = None
+    calib_count: int | None = None
 
 
 @dataclass
@@ -85,6 +107,7 @@ def compile_model(
     allow_kernel_padding: bool = False,
     merge_parallel: bool = True,
     seed: int = 0,
+    rebirth: RebirthOptions | None = None,
 ) -> CompileResult:
     """Import, rewrite, build and check one model.
 
@@ -98,13 +121,18 @@ def compile_model(
     allow_kernel_padding: let MergeParallelConvs zero-pad kernels of different sizes.
     merge_parallel: run MergeParallelConvs at all.
     seed: seed of the random inputs used for the check.
+    rebirth: also run the relearned streamline merges (:class:`RebirthOptions`); the report then
+        holds each site's fidelity and the end-to-end ``fidelity`` on held-out calibration inputs.
 
-    Raises :class:`RebirthError` for bad input, or when the result differs from onnxruntime on
-    the original model by more than ``EXACT_TOLERANCE`` (relative to the output's scale).
+    The exact stage is always checked against onnxruntime on the original model (within
+    ``EXACT_TOLERANCE`` of the output's scale); relearned stages are measured, not bounded.
+    Raises :class:`RebirthError` for bad input or a failed exact check.
     """
     tvm_target = resolve_target(target, cpu) if isinstance(target, str) else target
     onnx_model = read_onnx(model)
     specs = graph_inputs(onnx_model, input_shape)
+    name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
+    calibration = _calibration(rebirth, name, specs) if rebirth else None  # bad input fails fast
     original = import_onnx(onnx_model, specs)
     rewritten, sites = apply_passes(original, passes, allow_kernel_padding, merge_parallel)
     built = build(rewritten, tvm_target)
@@ -114,32 +142,79 @@ def compile_model(
     references = onnxruntime_outputs(onnx_model, inputs)
     diff = report_mod.output_difference(outputs, references if len(references) > 1 else references[0])
     passed = diff["max_rel_diff"] <= EXACT_TOLERANCE
-    name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
+    if not passed:
+        raise RebirthError(
+            f"the rewritten model differs from onnxruntime by {diff['max_rel_diff']:.3g} (relative), "
+            f"above the tolerance {EXACT_TOLERANCE:g}; nothing was written"
+        )
     report = {
         "model": os.path.basename(str(name)),
         "target": describe(tvm_target),
         "input_name": specs[0].name,
         "input_shape": list(specs[0].shape),
-        "passes": passes,
+        "passes": passes + ("+rebirth" if rebirth else ""),
         "ops_before": report_mod.op_counts(original),
-        "ops_after": report_mod.op_counts(rewritten),
-        "sites": [s.to_json() for s in sites],
         **diff,
         "check": {
             "reference": reference_name(),
             "inputs": f"random normal, seed {seed} (not real data)",
             "tolerance": EXACT_TOLERANCE,
             "passed": passed,
+            "stage": "exact passes" if rebirth else passes,
         },
+    }
+    if rebirth:
+        rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target)
+        sites = sites + relearned
+        built = fidelity.pop("built")
+        report["fidelity"] = fidelity
+    report.update({
+        "ops_after": report_mod.op_counts(rewritten),
+        "sites": [s.to_json() for s in sites],
         "compile_seconds": round(built.compile_seconds, 3),
         "versions": {"tvm": tvm.__version__},
-    }
-    if not passed:
-        raise RebirthError(
-            f"the rewritten model differs from onnxruntime by {diff['max_rel_diff']:.3g} (relative), "
-            f"above the tolerance {EXACT_TOLERANCE:g}; nothing was written"
-        )
+    })
     return CompileResult(rewritten, built, report, sites)
+
+
+def _calibration(options: RebirthOptions, name, specs):
+    from .calibration import load_calibration
+    from .models import MODELS
+
+    preset = options.preset or (MODELS[name].preset if isinstance(name, str) and name in MODELS else "imagenet")
+    # Three at least: one held out for the end-to-end fidelity, two left so that the relearning
+    # pass can hold one out for each site's fidelity.
+    return load_calibration(options.calib, specs[0].shape, preset=preset, count=options.calib_count, min_samples=3)
+
+
+def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target):
+    """Relearned streamline merges, then the end-to-end fidelity on the held-out inputs."""
+    from .hooks import resolve_hook
+    from .passes import StreamlineMerge, record_sites
+
+    start = time.perf_counter()
+    merge = StreamlineMerge(calibration.train, hook=resolve_hook(options.hook), kernel=options.pool_kernel, sites=options.sites)
+    with record_sites() as sites:
+        mod = merge(mod)
+    relearn_seconds = time.perf_counter() - start
+    built = build(mod, target)
+    batch = specs[0].shape[0]
+    held = calibration.held_out[: len(calibration.held_out) // batch * batch]
+    outputs, references = [], []
+    for i in range(0, len(held), batch):
+        sample = held[i:i + batch]
+        outputs.append(np.asarray(built.run(sample)))
+        references.append(onnxruntime_outputs(onnx_model, {specs[0].name: sample})[0])
+    fidelity = report_mod.logit_agreement(np.concatenate(outputs), np.concatenate(references)) if outputs else {}
+    fidelity.update({
+        "reference": "onnxruntime on the original model (ORT_DISABLE_ALL)",
+        "calibration": calibration.description,
+        "random_inputs": calibration.is_random,
+        "hook": options.hook if isinstance(options.hook, str) else getattr(options.hook, "__name__", type(options.hook).__name__),
+        "relearn_seconds": round(relearn_seconds, 2),
+        "built": built,
+    })
+    return mod, list(sites), fidelity
 
 
 def write_result(result: CompileResult, out_dir: str) -> None:

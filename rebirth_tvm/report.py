@@ -44,6 +44,26 @@ def output_difference(outputs, references) -> dict[str, float]:
     return {"max_abs_diff": abs_diff, "max_rel_diff": rel_diff}
 
 
+def logit_agreement(outputs: np.ndarray, references: np.ndarray) -> dict[str, float]:
+    """How closely classifier outputs (N, classes) follow the reference's.
+
+    ``top1_agreement``: same top-1 class; ``top5_agreement``: the reference's top-1 class is in
+    the output's top 5; ``relative_logit_error``: ‖out − ref‖² / ‖ref‖² over all logits;
+    ``cosine``: of the flattened logits.
+    """
+    out = np.asarray(outputs, np.float64).reshape(len(outputs), -1)
+    ref = np.asarray(references, np.float64).reshape(len(references), -1)
+    top1 = np.argmax(ref, axis=1)
+    top5 = np.argsort(-out, axis=1)[:, :5]
+    return {
+        "samples": int(len(out)),
+        "top1_agreement": float(np.mean(np.argmax(out, axis=1) == top1)),
+        "top5_agreement": float(np.mean([t in row for t, row in zip(top1, top5)])),
+        "relative_logit_error": float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-30)),
+        "cosine": float(out.ravel() @ ref.ravel() / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-30)),
+    }
+
+
 def write_json(report: dict[str, Any], path: str) -> None:
     with open(path, "w") as f:
         json.dump(report, f, indent=2, default=str)
@@ -99,6 +119,31 @@ def markdown(report: dict[str, Any]) -> str:
                             [[s["pass_name"], s["site"], s["status"], "yes" if s["exact"] else "relearned", s["reason"]] for s in sites]))
     else:
         parts.append("No pass found a site to look at.")
+    relearned = [s for s in sites if not s["exact"] and s["status"] == "rewritten"]
+    if relearned:
+        parts += ["", "## Relearned sites (fidelity on held-out calibration inputs)", "",
+                  _table(["site", "pattern", "new conv", "MACs before → after", "rel. MSE initial → relearned", "cosine", "seconds"], [[
+                      s["site"], s["detail"]["pattern"],
+                      f"{s['detail']['kernel'][0]}x{s['detail']['kernel'][1]}/s{s['detail']['stride'][0]}",
+                      f"{s['detail']['macs_before']:,} → {s['detail']['macs_after']:,}",
+                      f"{s['detail']['fidelity_initial']['rel_mse']:.3g} → {s['detail']['fidelity']['rel_mse']:.3g}",
+                      f"{s['detail']['fidelity']['cosine']:.4f}", s["detail"]["seconds"],
+                  ] for s in relearned])]
+    fidelity = report.get("fidelity")
+    if fidelity:
+        parts += ["", "## End-to-end fidelity of the reborn model", "", _table(["", ""], [
+            ["calibration", fidelity["calibration"]],
+            ["reference", fidelity["reference"]],
+            ["held-out inputs", fidelity.get("samples", 0)],
+            ["top-1 agreement", f"{fidelity.get('top1_agreement', float('nan')):.1%}"],
+            ["top-5 agreement (reference top-1 in top 5)", f"{fidelity.get('top5_agreement', float('nan')):.1%}"],
+            ["relative logit error", f"{fidelity.get('relative_logit_error', float('nan')):.3g}"],
+            ["cosine", f"{fidelity.get('cosine', float('nan')):.4f}"],
+            ["hook", fidelity["hook"]],
+            ["relearning seconds", fidelity["relearn_seconds"]],
+        ])]
+        if fidelity.get("random_inputs"):
+            parts += ["", "**Calibration used random inputs, not real data: these fidelity numbers say little about real images.**"]
     summary = Counter((s["pass_name"], s["status"]) for s in sites)
     if summary:
         parts += ["", "Summary: " + "; ".join(f"{p} {st} {n}" for (p, st), n in sorted(summary.items()))]
