@@ -177,6 +177,22 @@ def compile_model(
     return CompileResult(rewritten, built, report, sites)
 
 
+def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, pool_kernel: str = "cover",
+            preset: str | None = None, calib_count: int | None = None, passes: str = "exact"):
+    """Rebirth a model: exact passes, then relearned streamline merges. Returns ``(module, report)``.
+
+    ``calib`` is a folder of images, an ``.npy`` file, an array or iterable of inputs, or
+    ``"random"``; ``hook`` is ``"lstsq"``, ``"module:function"`` or a callable
+    ``hook(RetrainSite) -> (weight, bias)``; ``sites`` is ``"all"`` or names / glob patterns.
+    The report holds every site (with its fidelity) and the end-to-end ``fidelity``; see
+    :func:`compile_model` for the rest. The built module is ``report``-independent: build it with
+    :func:`rebirth_tvm.build` or use :func:`compile_model` to get it too.
+    """
+    options = RebirthOptions(calib=calib, hook=hook, sites=sites, pool_kernel=pool_kernel, preset=preset, calib_count=calib_count)
+    result = compile_model(model, target=target, passes=passes, input_shape=input_shape, rebirth=options)
+    return result.module, result.report
+
+
 def _calibration(options: RebirthOptions, name, specs):
     from .calibration import load_calibration
     from .models import MODELS
