@@ -5,6 +5,7 @@ Exact passes (faithful up to float rounding):
 * :class:`FoldBatchNorm` — conv2d (+bias) → batch_norm becomes one conv2d + bias.
 * :class:`FoldChannelAffine` — conv2d (+bias) → per-channel multiply / add becomes one conv2d + bias.
 * :class:`MergeParallelConvs` — convs reading the same tensor become one conv whose output is sliced.
+* :class:`DistributePoolOverConcat` — pool(concat(a, b)) becomes concat(pool(a), pool(b)).
 
 Every pass records what it did per site (:class:`SiteRecord`): rewritten, or refused with a reason.
 They compose with TVM's own passes::
@@ -16,10 +17,12 @@ import tvm
 from tvm import relax
 
 from ._sites import REFUSED, REWRITTEN, SiteRecord, record_sites
+from .distribute_pool import DistributePoolOverConcat
 from .fold_batch_norm import FoldBatchNorm
 from .fold_channel_affine import FoldChannelAffine
 from .merge_conv_lrn import MergeConvLRN
 from .merge_conv_pool import MergeConvPool
+from .merge_inception_branches import MergeInceptionBranches
 from .merge_parallel_convs import MergeParallelConvs
 from .streamline import StreamlineMerge
 
@@ -38,7 +41,7 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "MergeConvPool", "MergeConvLRN", "StreamlineMerge",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches",
     "exact_pipeline",
     "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
 ]

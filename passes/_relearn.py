@@ -15,6 +15,7 @@ A lossy pass only says *where* it can merge and *what* the new conv looks like (
 from __future__ import annotations
 
 import fnmatch
+import heapq
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -84,6 +85,37 @@ def activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
         raise ValueError(f"{len(calibration)} calibration samples do not split into batches of {batch}")
     outs = [vm["main"](tvm.runtime.tensor(calibration[i:i + batch])).numpy() for i in range(0, len(calibration), batch)]
     return np.concatenate(outs).astype(np.float32)
+
+
+def compiled_teacher(emit_block: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    """A teacher that runs a small Relax block, compiled once per input shape.
+
+    ``emit_block(bb, data)`` emits the block's ops on ``data`` and returns the output expression.
+    Running the block with TVM's own ops keeps the teacher's semantics (ceil-mode pooling,
+    padding) identical to the model's.
+    """
+    compiled = {}
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if x.shape not in compiled:
+            bb = relax.BlockBuilder()
+            data = relax.Var("x", relax.TensorType(x.shape, "float32"))
+            with bb.function("main", [data]):
+                with bb.dataflow():
+                    out = bb.emit_output(emit_block(bb, data))
+                bb.emit_func_output(out)
+            compiled[x.shape] = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target("llvm")), tvm.cpu())
+        return compiled[x.shape]["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+    return run
+
+
+def emit_conv_unit(bb, unit: ConvUnit, data):
+    """``unit``'s conv (+ bias) on ``data``, in float32, for teachers."""
+    y = bb.emit(conv2d_like(unit.conv.attrs, data, relax.const(unit.weight.astype("float32"))))
+    if unit.bias is not None:
+        y = bb.emit(relax.op.add(y, relax.const(unit.bias.astype("float32").reshape(1, -1, 1, 1))))
+    return y
 
 
 def conv_macs(out_shape, weight_shape) -> int:
@@ -190,3 +222,21 @@ class RelearnPass:
                     "seconds": round(time.perf_counter() - start, 3)},
         ))
         return mod
+
+
+class CombinedRelearn(RelearnPass):
+    """Several lossy rules in one bottom-up pass: always the lowest site of any rule first.
+
+    Subclasses set ``self.rules`` (RelearnPass instances used only for ``find_sites``).
+    """
+
+    rules: list = []
+
+    def find_sites(self, graph: FunctionGraph):
+        def positioned(rule):
+            for name, found in rule.find_sites(graph):
+                var = found.output_var if not isinstance(found, str) else next(b.var for b in graph.bindings if b.var.name == name)
+                yield graph.position[var], name, found
+
+        for _, name, found in heapq.merge(*(positioned(rule) for rule in self.rules), key=lambda t: t[0]):
+            yield name, found

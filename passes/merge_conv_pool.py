@@ -26,9 +26,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import conv2d_like, match_conv
+from ._conv import match_conv
 from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import RelearnPass, RelearnSite, conv_macs
+from ._relearn import RelearnPass, RelearnSite, compiled_teacher, conv_macs, emit_conv_unit
+from .distribute_pool import pool_like
 
 _POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
 
@@ -120,27 +121,11 @@ class MergeConvPool(RelearnPass):
 
 def _teacher(unit, pool, keep_relu: bool):
     """The original block as a function of its input: pre-activation for max pooling."""
-    compiled = {}
 
-    def run(x: np.ndarray) -> np.ndarray:
-        if x.shape not in compiled:
-            bb = relax.BlockBuilder()
-            data = relax.Var("x", relax.TensorType(x.shape, "float32"))
-            p = pool.attrs
-            with bb.function("main", [data]):
-                with bb.dataflow():
-                    y = bb.emit(conv2d_like(unit.conv.attrs, data, relax.const(unit.weight.astype("float32"))))
-                    if unit.bias is not None:
-                        y = bb.emit(relax.op.add(y, relax.const(unit.bias.astype("float32").reshape(1, -1, 1, 1))))
-                    if keep_relu:
-                        y = bb.emit(relax.op.nn.relu(y))
-                    fn = relax.op.nn.max_pool2d if op_name(pool) == "relax.nn.max_pool2d" else relax.op.nn.avg_pool2d
-                    kwargs = dict(pool_size=p.pool_size, strides=p.strides, padding=p.padding, ceil_mode=bool(p.ceil_mode))
-                    if fn is relax.op.nn.avg_pool2d:
-                        kwargs["count_include_pad"] = bool(p.count_include_pad)
-                    out = bb.emit_output(fn(y, **kwargs))
-                bb.emit_func_output(out)
-            compiled[x.shape] = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target("llvm")), tvm.cpu())
-        return compiled[x.shape]["main"](tvm.runtime.tensor(x.astype("float32"))).numpy()
+    def block(bb, data):
+        y = emit_conv_unit(bb, unit, data)
+        if keep_relu:
+            y = bb.emit(relax.op.nn.relu(y))
+        return pool_like(pool, y)
 
-    return run
+    return compiled_teacher(block)

@@ -9,19 +9,16 @@ step is relearned on the network as rewritten below it.
 
 from __future__ import annotations
 
-import heapq
-
 import numpy as np
 import tvm
 
-from ._graph import FunctionGraph
-from ._relearn import RelearnPass
+from ._relearn import CombinedRelearn
 from .merge_conv_lrn import MergeConvLRN
 from .merge_conv_pool import MergeConvPool
 
 
 @tvm.transform.module_pass(opt_level=0, name="StreamlineMerge")
-class StreamlineMerge(RelearnPass):
+class StreamlineMerge(CombinedRelearn):
     """Merge conv (+ReLU) with the LRNs and pools that follow it, chains included; relearned.
 
     Parameters: ``calibration``, ``hook``, ``sites`` as for :class:`RelearnPass`; ``kernel`` for
@@ -33,13 +30,3 @@ class StreamlineMerge(RelearnPass):
     def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "cover", sites="all"):
         super().__init__(calibration, hook, sites)
         self.rules = [MergeConvLRN(calibration, hook, sites), MergeConvPool(calibration, hook, kernel, sites)]
-
-    def find_sites(self, graph: FunctionGraph):
-        def positioned(rule):
-            for name, found in rule.find_sites(graph):
-                var = found.output_var if not isinstance(found, str) else next(
-                    b.var for b in graph.bindings if b.var.name == name)
-                yield graph.position[var], name, found
-
-        for _, name, found in heapq.merge(*(positioned(rule) for rule in self.rules), key=lambda t: t[0]):
-            yield name, found

@@ -188,8 +188,10 @@ class LeastSquaresHook:
         for part in parts[1:]:
             total = total + part
         if total.rows < dim + 1:
+            per_sample = max(total.rows // max(n, 1), 1)
             raise RebirthError(
-                f"site {site.name}: {total.rows} input patches for {dim + 1} unknowns per channel; give more calibration images"
+                f"site {site.name}: {total.rows} input patches for {dim + 1} unknowns per channel; give more calibration "
+                f"images (this site needs at least {-(-(dim + 1) // per_sample)} for relearning, plus the held-out ones)"
             )
         ridge = min(self.ridges)
         if len(self.ridges) > 1 and len(parts) >= 2:

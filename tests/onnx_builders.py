@@ -81,3 +81,37 @@ def stem(size=32, lrn_alpha=1e-2) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
+
+
+def inception(size=16, channels=16, pooled=True) -> onnx.ModelProto:
+    """One GoogLeNet inception module (in small) on a conv stem, optionally followed by a 3×3/s2
+    ceil-mode max pool like GoogLeNet's pool3: branches 1×1; 1×1 reduce → 3×3; 1×1 reduce → 5×5;
+    3×3/s1 max pool → 1×1 projection; each conv followed by ReLU; Concat."""
+    r = np.random.default_rng(2)
+    inits, nodes = [], []
+
+    def conv(x, name, cin, cout, k, pad=0):
+        inits.append(numpy_helper.from_array(r.normal(0, np.sqrt(2 / (cin * k * k)), (cout, cin, k, k)).astype(np.float32), f"{name}_w"))
+        inits.append(numpy_helper.from_array(r.normal(0, 0.1, cout).astype(np.float32), f"{name}_b"))
+        nodes.append(helper.make_node("Conv", [x, f"{name}_w", f"{name}_b"], [name], kernel_shape=[k, k], pads=[pad] * 4, name=name))
+        nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"], name=f"{name}_relu"))
+        return f"{name}_relu"
+
+    x = conv("x", "stem", 3, channels, 3, 1)
+    b1 = conv(x, "b1x1", channels, 8, 1)
+    b2 = conv(conv(x, "b3x3_reduce", channels, 6, 1), "b3x3", 6, 10, 3, 1)
+    b3 = conv(conv(x, "b5x5_reduce", channels, 2, 1), "b5x5", 2, 4, 5, 2)
+    nodes.append(helper.make_node("MaxPool", [x], ["bpool"], kernel_shape=[3, 3], strides=[1, 1], pads=[1, 1, 1, 1], name="bpool"))
+    b4 = conv("bpool", "bpool_proj", channels, 4, 1)
+    nodes.append(helper.make_node("Concat", [b1, b2, b3, b4], ["module"], axis=1, name="module"))
+    out = "module"
+    if pooled:
+        nodes.append(helper.make_node("MaxPool", ["module"], ["y"], kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1, name="pool3"))
+        out = "y"
+    graph = helper.make_graph(
+        nodes, "inception", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, size, size])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [None, None, None, None])], initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model

@@ -1,0 +1,72 @@
+"""DistributePoolOverConcat (exact) and MergeInceptionBranches (relearned, work-aware)."""
+
+import numpy as np
+import tvm
+from onnx_builders import inception
+from relax_builders import count_ops, rel_err, run
+
+import rebirth_tvm
+from rebirth_tvm.passes import DistributePoolOverConcat, MergeInceptionBranches, StreamlineMerge
+from rebirth_tvm.reference import onnxruntime_outputs
+
+
+def calibration(n=24, seed=0):
+    return np.random.default_rng(seed).standard_normal((n, 3, 16, 16)).astype("float32")
+
+
+def test_distribute_pool_over_concat_is_exact():
+    model = inception()
+    mod = rebirth_tvm.load(model)
+    distribute = DistributePoolOverConcat()
+    after = distribute(mod)
+    assert [(s.site, s.status) for s in distribute.sites] == [("pool3", "rewritten")]
+    assert count_ops(after, "relax.nn.max_pool2d") == 1 + 4  # the pool branch's own pool + one per branch
+    x = calibration(1, seed=5)
+    assert rel_err(run(after, x), onnxruntime_outputs(model, {"x": x})[0]) <= 1e-6
+
+
+def test_distribute_pool_leaves_a_shared_concat_alone():
+    mod = rebirth_tvm.load(inception(pooled=False))
+    distribute = DistributePoolOverConcat()
+    tvm.ir.assert_structural_equal(distribute(mod), mod)
+    # The pool branch's pool reads the stem, not a concat: not a site at all.
+    assert distribute.sites == []
+
+
+def test_default_merges_only_what_does_not_add_work():
+    merge = MergeInceptionBranches(calibration())
+    after = merge(rebirth_tvm.load(inception(pooled=False)))
+    status = {s.site: s for s in merge.sites}
+    # The pool branch's max pool is gone (1x1 keeps the MACs); its fidelity improved by relearning.
+    assert status["bpool_proj"].status == "rewritten"
+    assert status["bpool_proj"].detail["fidelity"]["rel_mse"] < status["bpool_proj"].detail["fidelity_initial"]["rel_mse"]
+    assert status["bpool_proj"].detail["macs_after"] == status["bpool_proj"].detail["macs_before"]
+    assert count_ops(after, "relax.nn.max_pool2d") == 0
+    # Reduce merges read the 16-channel module input: more MACs, so refused with the numbers.
+    for name in ("b3x3", "b5x5"):
+        assert status[name].status == "refused" and "would raise MACs" in status[name].reason
+
+
+def test_allow_more_work_merges_reduce_branches_and_keeps_the_output_shape():
+    model = inception(pooled=False)
+    mod = rebirth_tvm.load(model)
+    merge = MergeInceptionBranches(calibration(), allow_more_work=True)
+    after = merge(mod)
+    rewritten = {s.site: s for s in merge.sites if s.status == "rewritten"}
+    assert set(rewritten) == {"b3x3", "b5x5", "bpool_proj"}
+    assert rewritten["b5x5"].detail["macs_after"] > rewritten["b5x5"].detail["macs_before"]
+    # Two 1x1 reduces and the pool are gone: stem + 1x1 + merged 3x3 + merged 5x5 + projection.
+    assert count_ops(after, "relax.nn.conv2d") == 5 and count_ops(after, "relax.nn.max_pool2d") == 0
+    x = calibration(1, seed=7)
+    assert run(after, x).shape == onnxruntime_outputs(model, {"x": x})[0].shape
+
+
+def test_full_rebirth_of_an_inception_with_pool_leaves_no_pool():
+    """Distribute pool3 over the branches, then streamline and branch merges: no pool is left."""
+    model = inception()
+    mod = DistributePoolOverConcat()(rebirth_tvm.load(model))
+    mod = StreamlineMerge(calibration(32))(mod)
+    mod = MergeInceptionBranches(calibration(32), allow_more_work=True)(mod)
+    assert count_ops(mod, "relax.nn.max_pool2d") == 0
+    x = calibration(1, seed=7)
+    assert run(mod, x).shape == onnxruntime_outputs(model, {"x": x})[0].shape
