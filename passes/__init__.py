@@ -24,6 +24,7 @@ from .merge_conv_lrn import MergeConvLRN
 from .merge_conv_pool import MergeConvPool
 from .merge_inception_branches import MergeInceptionBranches
 from .merge_parallel_convs import MergeParallelConvs
+from .rebirth import Rebirth
 from .streamline import StreamlineMerge
 
 
@@ -41,7 +42,7 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth",
     "exact_pipeline",
     "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
 ]

@@ -79,12 +79,35 @@ def activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
             out = bb.emit_output(var)
         bb.emit_func_output(out)
     probe = relax.transform.DeadCodeElimination()(bb.get())
-    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target("llvm")), tvm.cpu())
     batch = int(func.params[0].ty.shape[0])
     if len(calibration) % batch:
         raise ValueError(f"{len(calibration)} calibration samples do not split into batches of {batch}")
-    outs = [vm["main"](tvm.runtime.tensor(calibration[i:i + batch])).numpy() for i in range(0, len(calibration), batch)]
+    run = _onnxruntime_runner(probe) or _tvm_runner(probe)
+    outs = [run(calibration[i:i + batch]) for i in range(0, len(calibration), batch)]
     return np.concatenate(outs).astype(np.float32)
+
+
+def _onnxruntime_runner(probe: tvm.IRModule):
+    """Run the probe with onnxruntime (~45x faster than an untuned TVM build), if it exports."""
+    from rebirth_tvm.errors import RebirthError
+    from rebirth_tvm.export_onnx import to_onnx
+
+    try:
+        model = to_onnx(probe)
+    except RebirthError:
+        return None
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def _tvm_runner(probe: tvm.IRModule):
+    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target("llvm")), tvm.cpu())
+    return lambda x: vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
 def compiled_teacher(emit_block: Callable) -> Callable[[np.ndarray], np.ndarray]:

@@ -22,11 +22,11 @@ class StreamlineMerge(CombinedRelearn):
     """Merge conv (+ReLU) with the LRNs and pools that follow it, chains included; relearned.
 
     Parameters: ``calibration``, ``hook``, ``sites`` as for :class:`RelearnPass`; ``kernel`` for
-    the pool merges (``"cover"`` or ``"keep"``).
+    the pool merges (``"auto"``, ``"cover"`` or ``"keep"``).
     """
 
     pass_name = "StreamlineMerge"
 
-    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "cover", sites="all"):
+    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "auto", sites="all"):
         super().__init__(calibration, hook, sites)
         self.rules = [MergeConvLRN(calibration, hook, sites), MergeConvPool(calibration, hook, kernel, sites)]

@@ -67,7 +67,10 @@ def make_parser() -> argparse.ArgumentParser:
     rebirth.add_argument("--preset", default=None, choices=["imagenet", "gray"], help="image preprocessing (default: the zoo model's, else imagenet)")
     rebirth.add_argument("--hook", default="lstsq", help="retraining hook: lstsq (closed-form least squares, default) or package.module:function")
     rebirth.add_argument("--sites", default="all", help="comma-separated site names or glob patterns to relearn (default: all)")
-    rebirth.add_argument("--pool-kernel", default="cover", choices=["cover", "keep"], help="conv+pool merges: grow the kernel to the pool's receptive field (cover, default) or keep the conv's")
+    rebirth.add_argument("--pool-kernel", default="auto", choices=["auto", "cover", "keep"], help="conv+pool merges: grow the kernel to the pool's receptive field (cover), keep the conv's (keep), or cover where that adds no MACs (auto, default)")
+    rebirth.add_argument("--branches", default="pool,reduce", help="inception branch merges: pool, reduce, both (default 'pool,reduce') or none")
+    rebirth.add_argument("--allow-more-work", action="store_true", help="also make branch merges that add MACs (by default they are refused and the report says by how much)")
+    rebirth.add_argument("--save-onnx", default=None, metavar="FILE", help="also write the rewritten model as ONNX (runs in onnxruntime)")
     parser.add_argument("--out", required=True, help="output directory: model.so, report.json, report.md (replaced as a whole)")
     return parser
 
@@ -81,7 +84,11 @@ def main(argv=None) -> int:
             if not args.calib:
                 raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, or 'random')")
             sites = "all" if args.sites == "all" else [s.strip() for s in args.sites.split(",") if s.strip()]
+            branches = () if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip())
+            if set(branches) - {"pool", "reduce"}:
+                raise RebirthError(f"--branches {args.branches!r}: use pool, reduce, pool,reduce or none")
             rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
+                                     branches=branches, allow_more_work=args.allow_more_work,
                                      preset=args.preset, calib_count=args.calib_count)
         elif args.calib:
             raise RebirthError("--calib is only used with --rebirth")
@@ -90,7 +97,7 @@ def main(argv=None) -> int:
             cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
             merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth,
         )
-        write_result(result, args.out)
+        write_result(result, args.out, onnx_path=args.save_onnx)
     except RebirthError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

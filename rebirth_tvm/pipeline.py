@@ -39,7 +39,10 @@ class RebirthOptions:
     calib: a folder of images, an ``.npy`` file, an array/iterable, or ``"random"`` (labelled).
     hook: ``"lstsq"``, a callable ``hook(RetrainSite) -> (weight, bias)``, or ``"module:function"``.
     sites: ``"all"`` or names / glob patterns of the sites to rewrite.
-    pool_kernel: ``"cover"`` (grow to the pool's receptive field) or ``"keep"``.
+    pool_kernel: conv+pool merges: ``"auto"`` (grow to the pool's receptive field where that adds
+        no MACs), ``"cover"`` or ``"keep"``.
+    branches: inception branch merges to run, from ``("pool", "reduce")``; ``()`` for none.
+    allow_more_work: also make branch merges that add MACs (refused by default, with numbers).
     preset: image preprocessing (default: the zoo model's, else ``"imagenet"``).
     calib_count: use at most this many calibration inputs.
     """
@@ -47,7 +50,9 @@ class RebirthOptions:
     calib: object
     hook: object = "lstsq"
     sites: object = "all"
-    pool_kernel: str = "cover"
+    pool_kernel: str = "auto"
+    branches: tuple = ("pool", "reduce")
+    allow_more_work: bool = False
     preset: str | None = None
     calib_count: int | None = None
 
@@ -177,8 +182,9 @@ def compile_model(
     return CompileResult(rewritten, built, report, sites)
 
 
-def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, pool_kernel: str = "cover",
-            preset: str | None = None, calib_count: int | None = None, passes: str = "exact"):
+def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, pool_kernel: str = "auto",
+            branches=("pool", "reduce"), allow_more_work: bool = False, preset: str | None = None,
+            calib_count: int | None = None, passes: str = "exact"):
     """Rebirth a model: exact passes, then relearned streamline merges. Returns ``(module, report)``.
 
     ``calib`` is a folder of images, an ``.npy`` file, an array or iterable of inputs, or
@@ -188,7 +194,8 @@ def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=N
     :func:`compile_model` for the rest. The built module is ``report``-independent: build it with
     :func:`rebirth_tvm.build` or use :func:`compile_model` to get it too.
     """
-    options = RebirthOptions(calib=calib, hook=hook, sites=sites, pool_kernel=pool_kernel, preset=preset, calib_count=calib_count)
+    options = RebirthOptions(calib=calib, hook=hook, sites=sites, pool_kernel=pool_kernel, branches=tuple(branches),
+                             allow_more_work=allow_more_work, preset=preset, calib_count=calib_count)
     result = compile_model(model, target=target, passes=passes, input_shape=input_shape, rebirth=options)
     return result.module, result.report
 
@@ -206,12 +213,14 @@ def _calibration(options: RebirthOptions, name, specs):
 def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target):
     """Relearned streamline merges, then the end-to-end fidelity on the held-out inputs."""
     from .hooks import resolve_hook
-    from .passes import StreamlineMerge, record_sites
+    from .passes import DistributePoolOverConcat, Rebirth, record_sites
 
     start = time.perf_counter()
-    merge = StreamlineMerge(calibration.train, hook=resolve_hook(options.hook), kernel=options.pool_kernel, sites=options.sites)
+    merge = Rebirth(calibration.train, hook=resolve_hook(options.hook), sites=options.sites, pool_kernel=options.pool_kernel,
+                    branches=tuple(options.branches), allow_more_work=options.allow_more_work)
     with record_sites() as sites:
-        mod = merge(mod)
+        # Exact first: pools after inception modules move into the branches, where they merge.
+        mod = merge(DistributePoolOverConcat()(mod))
     relearn_seconds = time.perf_counter() - start
     built = build(mod, target)
     batch = specs[0].shape[0]
@@ -233,8 +242,12 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
     return mod, list(sites), fidelity
 
 
-def write_result(result: CompileResult, out_dir: str) -> None:
-    """Write model.so, report.json, report.md into ``out_dir`` atomically."""
+def write_result(result: CompileResult, out_dir: str, onnx_path: str | None = None) -> None:
+    """Write model.so, report.json, report.md into ``out_dir`` atomically (and the ONNX, if asked)."""
+    if onnx_path:
+        from .export_onnx import to_onnx
+
+        exported = to_onnx(result.module, name=result.report["model"])  # fails before anything is written
     out_dir = os.path.abspath(out_dir)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
@@ -251,6 +264,23 @@ def write_result(result: CompileResult, out_dir: str) -> None:
         os.replace(staging, out_dir)
         if old:
             shutil.rmtree(old, ignore_errors=True)
+        if onnx_path:
+            _save_atomically(exported, onnx_path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _save_atomically(model, path: str) -> None:
+    import onnx
+
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".rebirth-", suffix=".onnx", dir=directory)
+    os.close(fd)
+    try:
+        onnx.save(model, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
         raise

@@ -35,7 +35,7 @@ def test_lrn_numpy_equals_onnxruntime(size, alpha, beta, bias):
 def test_streamline_collapses_both_stem_chains():
     model = stem()
     mod = rebirth_tvm.load(model)
-    merge = StreamlineMerge(calibration())
+    merge = StreamlineMerge(calibration(), kernel="cover")
     with record_sites() as outer:
         after = merge(mod)
     for op in LRN_OPS + ("relax.nn.max_pool2d",):
@@ -50,7 +50,7 @@ def test_streamline_collapses_both_stem_chains():
         assert site.detail["fidelity"]["rel_mse"] <= site.detail["fidelity_initial"]["rel_mse"]
     # End to end on new inputs: the output shape is unchanged, and the relearned stem is closer
     # to the original than the same merges with their initial weights (no relearning).
-    untrained = StreamlineMerge(calibration(), hook=lambda site: (site.init_weight, site.init_bias))(mod)
+    untrained = StreamlineMerge(calibration(), kernel="cover", hook=lambda site: (site.init_weight, site.init_bias))(mod)
     x = calibration(4, seed=9)
     refs = np.concatenate([onnxruntime_outputs(model, {"x": xi[None]})[0] for xi in x])
     errors = {}
