@@ -214,7 +214,8 @@ class RelearnPass:
         targets = site.teacher(inputs)
         held = max(1, len(inputs) // 5)
         train_x, train_t, test_x, test_t = inputs[:-held], targets[:-held], inputs[-held:], targets[-held:]
-        retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher)
+        retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher,
+                              "relu" if site.relu else None)
         weight, bias = self.hook(retrain)
         weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
         expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)

@@ -13,6 +13,8 @@ pooling would be done twice).
 
 from __future__ import annotations
 
+import fnmatch
+
 import tvm
 from tvm import relax
 
@@ -36,9 +38,18 @@ def pool_like(pool: relax.Call, data):
 
 @tvm.transform.module_pass(opt_level=0, name="DistributePoolOverConcat")
 class DistributePoolOverConcat(SitePass):
-    """Pool each input of a channel concat instead of the concat. Exact."""
+    """Pool each input of a channel concat instead of the concat. Exact.
+
+    Parameters
+    ----------
+    sites: ``"all"`` or pool names / glob patterns to distribute (the rebirth pipeline passes its
+        own selection, so pools whose branches will not be merged stay one pool).
+    """
 
     pass_name = "DistributePoolOverConcat"
+
+    def __init__(self, sites="all"):
+        self.selection = None if sites == "all" else ([sites] if isinstance(sites, str) else list(sites))
 
     def plan_function(self, graph: FunctionGraph, records: list[SiteRecord]):
         plan = {}
@@ -50,6 +61,8 @@ class DistributePoolOverConcat(SitePass):
             if op_name(concat) != "relax.concat":
                 continue
             site = binding.var.name
+            if self.selection is not None and not any(fnmatch.fnmatchcase(site, p) for p in self.selection):
+                continue
             ndim = len(concat.ty.shape) if getattr(concat.ty, "shape", None) is not None else 4
             if concat.attrs.axis is None or int(concat.attrs.axis) % ndim != 1:
                 records.append(SiteRecord(self.pass_name, site, REFUSED, "the concat is not along the channel axis"))

@@ -65,7 +65,7 @@ def make_parser() -> argparse.ArgumentParser:
     rebirth.add_argument("--calib", default=None, help="calibration inputs: a folder of images, an .npy array (N,C,H,W), or 'random' (labelled as such in the report); required with --rebirth")
     rebirth.add_argument("--calib-count", type=int, default=None, help="use at most this many calibration inputs (a fifth is held out for fidelity)")
     rebirth.add_argument("--preset", default=None, choices=["imagenet", "gray"], help="image preprocessing (default: the zoo model's, else imagenet)")
-    rebirth.add_argument("--hook", default="lstsq", help="retraining hook: lstsq (closed-form least squares, default) or package.module:function")
+    rebirth.add_argument("--hook", default="lstsq", help="retraining hook: lstsq (closed-form least squares, default), sgd (layer-wise SGD through the ReLU, gradients by TVM, starting from lstsq) or package.module:function")
     rebirth.add_argument("--sites", default="all", help="comma-separated site names or glob patterns to relearn (default: all)")
     rebirth.add_argument("--pool-kernel", default="auto", choices=["auto", "cover", "keep"], help="conv+pool merges: grow the kernel to the pool's receptive field (cover), keep the conv's (keep), or cover where that adds no MACs (auto, default)")
     rebirth.add_argument("--branches", default="pool,reduce", help="inception branch merges: pool, reduce, both (default 'pool,reduce') or none")

@@ -220,7 +220,7 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
                     branches=tuple(options.branches), allow_more_work=options.allow_more_work)
     with record_sites() as sites:
         # Exact first: pools after inception modules move into the branches, where they merge.
-        mod = merge(DistributePoolOverConcat()(mod))
+        mod = merge(DistributePoolOverConcat(sites=options.sites)(mod))
     relearn_seconds = time.perf_counter() - start
     built = build(mod, target)
     batch = specs[0].shape[0]
@@ -280,6 +280,9 @@ def _save_atomically(model, path: str) -> None:
     os.close(fd)
     try:
         onnx.save(model, temporary)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it private; a saved model is not
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)

@@ -6,7 +6,7 @@ from relax_builders import module, run
 from tvm import relax
 
 from rebirth_tvm.errors import RebirthError
-from rebirth_tvm.hooks import ConvGeometry, LeastSquaresHook, RetrainSite, conv2d_numpy, resolve_hook
+from rebirth_tvm.hooks import ConvGeometry, LeastSquaresHook, RetrainSite, SGDHook, conv2d_numpy, resolve_hook
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [
@@ -72,3 +72,49 @@ def test_resolve_hook():
     assert resolve_hook(custom) is custom
     with pytest.raises(RebirthError, match="unknown hook"):
         resolve_hook("magic")
+
+
+def relu_max_pool_site(seed=1, n=64):
+    """conv 3x3 → max pool 2x2 → ReLU, merged into one 4x4/s2 conv (+ReLU): not linear."""
+    r = np.random.default_rng(seed)
+    w, b = r.standard_normal((4, 3, 3, 3)), r.standard_normal(4)
+    conv_g = ConvGeometry(3, 4, (3, 3))
+
+    def pre_activation(x):
+        y = conv2d_numpy(x, w, b, conv_g)
+        return np.lib.stride_tricks.sliding_window_view(y, (2, 2), axis=(2, 3))[:, :, ::2, ::2].max(axis=(-1, -2))
+
+    merged = ConvGeometry(3, 4, (4, 4), (2, 2))
+    x = r.standard_normal((n, 3, 14, 14)).astype("float32")
+    site = RetrainSite("conv+pool+relu", merged, np.zeros((4, 3, 4, 4), "float32"), np.zeros(4, "float32"),
+                       x, pre_activation(x).astype("float32"), pre_activation, "relu")
+    return site, pre_activation
+
+
+def test_sgd_hook_learns_from_the_initial_weights():
+    site, _ = relu_max_pool_site()
+    hook = SGDHook(start="init", epochs=8)
+    hook(site)
+    assert hook.history[0] == pytest.approx(1.0, rel=1e-3)  # zero weights: the whole target is error
+    assert hook.history[-1] < 0.2
+    assert all(later <= earlier for earlier, later in zip(hook.history, hook.history[1:]))
+
+
+def test_sgd_hook_from_least_squares_is_never_worse_on_its_objective():
+    site, pre_activation = relu_max_pool_site()
+    hook = SGDHook(start="lstsq", epochs=6)
+    weight, bias = hook(site)
+    assert hook.history[-1] <= hook.history[0]
+    held_out = np.random.default_rng(9).standard_normal((16, 3, 14, 14))
+    target = np.maximum(pre_activation(held_out), 0)
+
+    def post_relu_error(w, b):
+        out = np.maximum(conv2d_numpy(held_out, w, b, site.geometry), 0)
+        return np.sum((out - target) ** 2) / np.sum(target ** 2)
+
+    lstsq = LeastSquaresHook()(site)
+    assert post_relu_error(weight, bias) <= post_relu_error(*lstsq) * 1.01
+
+
+def test_resolve_sgd():
+    assert isinstance(resolve_hook("sgd"), SGDHook)
