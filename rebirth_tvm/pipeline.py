@@ -169,7 +169,8 @@ def compile_model(
         },
     }
     if rebirth:
-        rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target)
+        rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target,
+                                                        merge_parallel=passes == "exact" and merge_parallel)
         sites = sites + relearned
         built = fidelity.pop("built")
         report["fidelity"] = fidelity
@@ -210,10 +211,10 @@ def _calibration(options: RebirthOptions, name, specs):
     return load_calibration(options.calib, specs[0].shape, preset=preset, count=options.calib_count, min_samples=3)
 
 
-def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target):
-    """Relearned streamline merges, then the end-to-end fidelity on the held-out inputs."""
+def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target, merge_parallel: bool):
+    """Relearned merges, then the end-to-end fidelity on the held-out inputs."""
     from .hooks import resolve_hook
-    from .passes import DistributePoolOverConcat, Rebirth, record_sites
+    from .passes import DistributePoolOverConcat, MergeParallelConvs, Rebirth, record_sites
 
     start = time.perf_counter()
     merge = Rebirth(calibration.train, hook=resolve_hook(options.hook), sites=options.sites, pool_kernel=options.pool_kernel,
@@ -221,6 +222,10 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
     with record_sites() as sites:
         # Exact first: pools after inception modules move into the branches, where they merge.
         mod = merge(DistributePoolOverConcat(sites=options.sites)(mod))
+        if merge_parallel:
+            # Branch merges leave new convs reading the module input (a pool branch's projection,
+            # say): the exact sibling merge combines them with the convs already there.
+            mod = MergeParallelConvs()(mod)
     relearn_seconds = time.perf_counter() - start
     built = build(mod, target)
     batch = specs[0].shape[0]
