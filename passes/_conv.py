@@ -120,3 +120,35 @@ def emit_conv(emitter, unit: ConvUnit, weight: np.ndarray, bias: np.ndarray | No
         return conv
     conv_var = emitter.emit(conv, name)
     return relax.op.add(conv_var, relax.const(bias.astype(unit.dtype).reshape(1, -1, 1, 1)))
+
+
+def plain_conv_refusal(unit: ConvUnit) -> str | None:
+    """Why a conv cannot be the conv a relearned merge starts from (im2col geometry), or None."""
+    attrs = unit.conv.attrs
+    if int(attrs.groups) != 1:
+        return f"grouped conv (groups={int(attrs.groups)})"
+    if any(int(d) != 1 for d in attrs.dilation):
+        return "dilated conv"
+    return None
+
+
+def match_conv_relu(graph: FunctionGraph, expr, relu_readers_checked: bool = False):
+    """``expr`` as ``conv (+bias) (+ReLU)`` feeding a block that a relearned merge replaces.
+
+    Returns ``(unit, relu)`` or the reason it cannot be: the ReLU or the conv output is read
+    outside the block, the producer is not a conv, or the conv is grouped or dilated.
+    ``relu_readers_checked``: the caller has already checked who reads ``expr`` (an LRN reads
+    its input twice itself).
+    """
+    source, relu = expr, op_name(graph.producer(expr)) == "relax.nn.relu"
+    if relu:
+        if not relu_readers_checked and not graph.single_use(expr):
+            return f"{graph.name(expr)} (the ReLU) is also read elsewhere"
+        source = graph.producer(expr).args[0]
+    unit = match_conv(graph, source)
+    if isinstance(unit, str):
+        return unit
+    if not graph.single_use(unit.out_var):
+        return f"conv output {unit.out_var.name} is also read elsewhere (merging would duplicate the conv)"
+    reason = plain_conv_refusal(unit)
+    return reason if reason else (unit, relu)

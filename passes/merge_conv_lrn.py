@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import tvm
 
-from ._conv import match_conv
+from ._conv import match_conv_relu
 from ._graph import FunctionGraph, op_name, shape_of
 from ._relearn import RelearnPass, RelearnSite, conv_macs
 
@@ -101,17 +101,11 @@ class MergeConvLRN(RelearnPass):
         allowed = (lrn["square_var"], out_var)
         if not all(u is not None and any(u.same_as(a) for a in allowed) for u in graph.live_users(x)):
             return f"the LRN input {graph.name(x)} is also read outside the LRN"
-        source, relu = x, op_name(graph.producer(x)) == "relax.nn.relu"
-        if relu:
-            source = graph.producer(x).args[0]
-        unit = match_conv(graph, source)
-        if isinstance(unit, str):
-            return unit
-        if not graph.single_use(unit.out_var):
-            return f"conv output {unit.out_var.name} is also read elsewhere (merging would duplicate the conv)"
+        matched = match_conv_relu(graph, x, relu_readers_checked=True)
+        if isinstance(matched, str):
+            return matched
+        unit, relu = matched
         attrs = unit.conv.attrs
-        if int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation):
-            return "grouped or dilated conv"
         in_shape = shape_of(unit.conv.args[0])
         geometry = ConvGeometry(int(in_shape[1]), unit.channels, tuple(int(k) for k in unit.weight.shape[2:]),
                                 tuple(int(s) for s in attrs.strides), tuple(int(p) for p in attrs.padding))

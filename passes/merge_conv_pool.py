@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import match_conv
+from ._conv import match_conv_relu
 from ._graph import FunctionGraph, op_name, shape_of
 from ._relearn import RelearnPass, RelearnSite, compiled_teacher, conv_macs, emit_conv_unit
 from .distribute_pool import pool_like
@@ -71,22 +71,11 @@ class MergeConvPool(RelearnPass):
         attrs = pool.attrs
         if attrs.layout != "NCHW" or any(int(d) != 1 for d in attrs.dilation):
             return "the pool is dilated or not NCHW"
-        source = pool.args[0]
-        relu = op_name(graph.producer(source)) == "relax.nn.relu"
-        if relu:
-            if not graph.single_use(source):
-                return f"{source.name} (the ReLU) is also read elsewhere"
-            source = graph.producer(source).args[0]
-        unit = match_conv(graph, source)
-        if isinstance(unit, str):
-            return unit
-        if not graph.single_use(unit.out_var):
-            return f"conv output {unit.out_var.name} is also read elsewhere (merging would duplicate the conv)"
+        matched = match_conv_relu(graph, pool.args[0])
+        if isinstance(matched, str):
+            return matched
+        unit, relu = matched
         conv = unit.conv.attrs
-        if int(conv.groups) != 1:
-            return f"grouped conv (groups={int(conv.groups)})"
-        if any(int(d) != 1 for d in conv.dilation):
-            return "dilated conv"
         kc, sc = _pairs(unit.weight.shape[2:]), _pairs(conv.strides)
         kp, sp = _pairs(attrs.pool_size), _pairs(attrs.strides)
         pc, pp = [int(p) for p in conv.padding], [int(p) for p in attrs.padding]

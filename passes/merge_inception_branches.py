@@ -29,7 +29,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import match_conv
+from ._conv import match_conv, plain_conv_refusal
 from ._graph import FunctionGraph, op_name, shape_of
 from ._relearn import CombinedRelearn, RelearnPass, RelearnSite, compiled_teacher, conv_macs, emit_conv_unit
 from .distribute_pool import pool_like
@@ -43,13 +43,6 @@ def conv_with_bias(graph: FunctionGraph, conv_var):
         if not isinstance(unit, str):
             return unit
     return match_conv(graph, conv_var)
-
-
-def _refuse_conv(unit) -> str | None:
-    attrs = unit.conv.attrs
-    if int(attrs.groups) != 1 or any(int(d) != 1 for d in attrs.dilation):
-        return "grouped or dilated conv"
-    return None
 
 
 def _work_check(name: str, before: int, after: int, params_before: int, params_after: int, allow: bool):
@@ -93,7 +86,7 @@ class MergePoolProjection(_BranchRule):
         if any(int(s) != 1 for s in a.strides) or in_shape[2:] != pool_shape[2:]:
             yield name, "the pool before the projection is not a stride-1, size-keeping max pool"
             return
-        reason = _refuse_conv(unit)
+        reason = plain_conv_refusal(unit)
         if reason:
             yield name, reason
             return
@@ -153,7 +146,7 @@ class MergeReduceConv(_BranchRule):
                 continue
             name = unit.out_var.name
             relu_var = binding.value.args[0]
-            reason = _refuse_conv(unit) or _refuse_conv(reduce)
+            reason = plain_conv_refusal(unit) or plain_conv_refusal(reduce)
             if reason:
                 yield name, reason
                 continue
