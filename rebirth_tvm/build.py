@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from .errors import RebirthError
-from .targets import resolve_target
+from .targets import describe, export_compiler, is_cuda, resolve_target, runs_here
 
 
 class BuiltModel:
@@ -35,7 +35,7 @@ class BuiltModel:
     @property
     def vm(self) -> relax.VirtualMachine:
         if self._vm is None:
-            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+            self._vm = relax.VirtualMachine(self.executable, tvm.cuda(0) if is_cuda(self.target) else tvm.cpu())
         return self._vm
 
     def run(self, inputs) -> np.ndarray | list[np.ndarray]:
@@ -43,22 +43,73 @@ class BuiltModel:
         return run(self, inputs)
 
     def export(self, path: str) -> None:
-        """Write a shared library loadable with ``tvm.runtime.load_module`` + ``relax.VirtualMachine``."""
+        """Write a shared library loadable with ``tvm.runtime.load_module`` + ``relax.VirtualMachine``.
+
+        ARM libraries are linked with the aarch64 cross compiler (see ``targets.export_compiler``).
+        """
+        compiler = export_compiler(self.target)
         # TVM logs a "Scope Saving" warning per kernel from C++ while exporting: noise to a user.
         with _quiet_native_stderr():
-            self.executable.export_library(path)
+            if compiler:
+                self.executable.export_library(path, cc=compiler)
+            else:
+                self.executable.export_library(path)
+
+    def cuda_source(self) -> str:
+        """The generated CUDA C source of a cuda build."""
+        if not is_cuda(self.target):
+            raise RebirthError(f"a {self.target.kind.name} build has no CUDA source")
+        for module in _all_modules(self.executable.mod):
+            if module.kind == "cuda":
+                return module.inspect_source("cuda")
+        raise RebirthError("the cuda build holds no CUDA module")
 
 
-def build(mod: tvm.IRModule, target="x86", cpu: str | None = None) -> BuiltModel:
-    """Compile ``mod`` with the fused pipeline for ``target`` (a name, JSON dict string or Target)."""
+def build(mod: tvm.IRModule, target="x86", cpu: str | None = None, arch: str | None = None) -> BuiltModel:
+    """Compile ``mod`` for ``target`` (a name, JSON dict string or Target).
+
+    CPU targets use the fused pipeline; CUDA uses TVM's GPU pipeline (fusion + dlight default
+    schedules), which ``tvm.compile`` picks for GPU targets.
+    """
     if not isinstance(target, tvm.target.Target):
-        target = resolve_target(target, cpu)
+        target = resolve_target(target, cpu, arch)
     params = mod["main"].params
     num_input = int(mod["main"].attrs["num_input"]) if mod["main"].attrs and "num_input" in mod["main"].attrs else len(params)
     start = time.perf_counter()
     with target:
-        executable = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+        if is_cuda(target):
+            executable = tvm.compile(mod, target=target)
+        else:
+            executable = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
     return BuiltModel(executable, target, [p.name for p in params[:num_input]], time.perf_counter() - start)
+
+
+def check_cuda_source(built: BuiltModel) -> dict:
+    """Compile a cuda build's kernels to PTX with nvcc, to prove they compile without a GPU.
+
+    Returns ``{"compiled": True, "ptx_bytes", "seconds"}``, or ``{"compiled": None, "reason"}``
+    when nvcc is not installed. Kernels that fail to compile raise :class:`RebirthError`.
+    """
+    import shutil
+
+    from tvm.support import nvcc
+
+    if shutil.which("nvcc") is None:
+        return {"compiled": None, "reason": "nvcc not found; the kernels were generated but not compiled"}
+    source = built.cuda_source()
+    arch = str(built.target.attrs["arch"])
+    start = time.perf_counter()
+    try:
+        with built.target:
+            ptx = nvcc.compile_cuda(source, target_format="ptx", arch=arch, compiler="nvcc")
+    except Exception as err:
+        raise RebirthError(f"the generated CUDA kernels do not compile with nvcc for {arch}: {err}") from None
+    return {"compiled": True, "ptx_bytes": len(ptx), "arch": arch, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def host_build_for(built: BuiltModel, mod: tvm.IRModule) -> BuiltModel:
+    """``built`` itself if it runs here, else an x86 build of the same module (for checks)."""
+    return built if runs_here(built.target) else build(mod, "x86")
 
 
 def run(built: BuiltModel, inputs) -> np.ndarray | list[np.ndarray]:
@@ -72,7 +123,10 @@ def run(built: BuiltModel, inputs) -> np.ndarray | list[np.ndarray]:
         inputs = [inputs[n] for n in built.input_names]
     if len(inputs) != len(built.input_names):
         raise RebirthError(f"the model takes {len(built.input_names)} input(s), got {len(inputs)}")
-    device = tvm.cpu()
+    if not runs_here(built.target):
+        where = "a CUDA GPU (none is available here)" if is_cuda(built.target) else "an aarch64 machine"
+        raise RebirthError(f"a {built.target.kind.name} build for {describe(built.target)} runs on {where}; build for x86 to run it here")
+    device = tvm.cuda(0) if is_cuda(built.target) else tvm.cpu()
     result = built.vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(x), device) for x in inputs])
     return _to_numpy(result)
 
@@ -94,6 +148,12 @@ def _quiet_native_stderr():
         finally:
             os.dup2(saved, 2)
             os.close(saved)
+
+
+def _all_modules(module):
+    yield module
+    for child in module.imports:
+        yield from _all_modules(child)
 
 
 def _to_numpy(value):

@@ -36,6 +36,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"top-1 agreement {fidelity.get('top1_agreement', float('nan')):.1%}, top-5 {fidelity.get('top5_agreement', float('nan')):.1%}, "
             f"relative logit error {fidelity.get('relative_logit_error', float('nan')):.3g}; relearned in {fidelity['relearn_seconds']:.1f} s"
         )
+    if not report["check"]["target_binary_run"]:
+        lines.append(f"the {report_mod.target_label(report['target'])} library itself was not run here; the check ran an x86 build of the same module")
+    cuda = report.get("cuda_kernels")
+    if cuda:
+        lines.append(f"CUDA kernels: compiled with nvcc for {cuda['arch']} ({cuda['ptx_bytes']:,} bytes of PTX)" if cuda["compiled"] else f"CUDA kernels: {cuda['reason']}")
     lines.append(f"compile: {report['compile_seconds']:.1f} s for {json_target(report['target'])}")
     return lines
 
@@ -53,8 +58,9 @@ def make_parser() -> argparse.ArgumentParser:
         "check it against onnxruntime on the original model, and write the library and a report.",
     )
     parser.add_argument("--model", required=True, help=f"an .onnx file or a built-in model: {', '.join(MODELS)}")
-    parser.add_argument("--target", default="x86", help=f"where it will run: {', '.join(TARGETS)}, or a JSON target dict (default: x86)")
-    parser.add_argument("--cpu", default=None, help="LLVM CPU name for x86 (default: this machine's CPU)")
+    parser.add_argument("--target", default="x86", help=f"where it will run: {', '.join(TARGETS)} (aarch64 Linux; needs the Debian package g++-aarch64-linux-gnu), or a JSON target dict (default: x86)")
+    parser.add_argument("--cpu", default=None, help="CPU: an LLVM name for x86 (default: this machine's), or for arm one of cortex-a53, cortex-a72, cortex-a76, neoverse-n1")
+    parser.add_argument("--arch", default=None, help="CUDA architecture for --target cuda, e.g. sm_80 (default) or sm_90")
     parser.add_argument("--passes", default="exact", choices=PASS_SETS, help="exact: FoldBatchNorm, FoldChannelAffine, MergeParallelConvs (default); none: compile as imported")
     parser.add_argument("--input-shape", default=None, help="fixed input shape, e.g. 1,3,224,224 (or name=1,3,224,224;other=...); required for dynamic dimensions")
     parser.add_argument("--allow-kernel-padding", action="store_true", help="let MergeParallelConvs merge different kernel sizes by zero-padding them (exact, but more FLOPs)")
@@ -95,7 +101,7 @@ def main(argv=None) -> int:
         result = compile_model(
             args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
             cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
-            merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth,
+            merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
         )
         write_result(result, args.out, onnx_path=args.save_onnx)
     except RebirthError as err:

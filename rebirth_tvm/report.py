@@ -87,6 +87,15 @@ def op_table(before: dict[str, int], after: dict[str, int]) -> str:
     return _table(["op", "before", "after", "change"], rows)
 
 
+def target_label(target: dict) -> str:
+    """``aarch64``, ``CUDA sm_80`` or the target kind, for sentences."""
+    if str(target.get("mtriple", "")).startswith("aarch64"):
+        return "aarch64"
+    if target.get("kind") == "cuda":
+        return f"CUDA {target.get('arch', '')}".strip()
+    return "x86" if target.get("kind") == "llvm" else str(target.get("kind"))
+
+
 def markdown(report: dict[str, Any]) -> str:
     """``report.md``: the same content as ``report.json``, as tables."""
     check = report["check"]
@@ -104,6 +113,10 @@ def markdown(report: dict[str, Any]) -> str:
             ["max rel diff (vs max abs of reference)", f"{report['max_rel_diff']:.3g}"],
             ["tolerance (rel)", f"{check['tolerance']:.0e}"],
             ["check", "passed" if check["passed"] else "FAILED"],
+            ["checked on", "this library" if check.get("target_binary_run", True)
+             else f"an x86 build of the same module (the {target_label(report['target'])} library was not run here)"],
+            *([["CUDA kernels", f"compiled with nvcc for {report['cuda_kernels']['arch']}" if report["cuda_kernels"]["compiled"]
+                else report["cuda_kernels"]["reason"]]] if "cuda_kernels" in report else []),
         ]),
         "",
         "## Ops before and after",

@@ -1,0 +1,109 @@
+"""ARM (aarch64) and CUDA builds: made and exported here, checked through x86, never run here."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx_builders import tiny_cnn
+
+import rebirth_tvm
+from rebirth_tvm import RebirthError
+from rebirth_tvm.targets import cuda_available, describe, resolve_target
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_CROSS = shutil.which("aarch64-linux-gnu-g++") is not None
+# CI installs the cross compiler (.ci/run); only a developer machine without it may skip.
+needs_cross = pytest.mark.skipif(not HAS_CROSS and os.environ.get("CI") != "true",
+                                 reason="aarch64-linux-gnu-g++ not installed (Debian package g++-aarch64-linux-gnu)")
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed: CUDA kernels cannot be compiled here")
+needs_gpu = pytest.mark.skipif(not cuda_available(), reason="no CUDA GPU or CUDA runtime in this process")
+
+
+def elf_machine(path) -> int:
+    with open(path, "rb") as f:
+        header = f.read(20)
+    assert header[:4] == b"\x7fELF"
+    return int.from_bytes(header[18:20], "little")
+
+
+def test_target_presets():
+    assert describe(resolve_target("arm", cpu="cortex-a72")) == {"kind": "llvm", "mcpu": "cortex-a72", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+    assert describe(resolve_target("cuda", arch="sm_90"))["arch"] == "sm_90"
+    assert describe(resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}'))["mtriple"] == "aarch64-linux-gnu"
+    with pytest.raises(RebirthError, match="unknown ARM CPU 'cortex-x9'"):
+        resolve_target("arm", cpu="cortex-x9")
+    with pytest.raises(RebirthError, match="unknown CUDA architecture"):
+        resolve_target("cuda", arch="ampere")
+
+
+@needs_cross
+def test_arm_build_exports_an_aarch64_library_and_refuses_to_run_here(tmp_path):
+    built = rebirth_tvm.build(rebirth_tvm.load(tiny_cnn()), target="arm", cpu="cortex-a72")
+    built.export(str(tmp_path / "model.so"))
+    assert elf_machine(tmp_path / "model.so") == 183  # EM_AARCH64
+    with pytest.raises(RebirthError, match="aarch64 machine"):
+        built.run(np.zeros((1, 3, 16, 16), "float32"))
+
+
+def test_missing_cross_compiler_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("REBIRTH_AARCH64_CXX", "no-such-aarch64-g++")
+    built = rebirth_tvm.build(rebirth_tvm.load(tiny_cnn()), target="arm")
+    with pytest.raises(RebirthError, match="install the Debian package g\\+\\+-aarch64-linux-gnu"):
+        built.export(str(tmp_path / "model.so"))
+    assert not (tmp_path / "model.so").exists()
+
+
+def test_cuda_build_generates_kernels_and_exports_without_a_gpu(tmp_path):
+    built = rebirth_tvm.build(rebirth_tvm.load(tiny_cnn()), target="cuda", arch="sm_80")
+    source = built.cuda_source()
+    assert "__global__" in source
+    built.export(str(tmp_path / "model.so"))
+    assert elf_machine(tmp_path / "model.so") == 62  # EM_X86_64: the host side of a CUDA library
+    if not cuda_available():
+        with pytest.raises(RebirthError, match="CUDA GPU"):
+            built.run(np.zeros((1, 3, 16, 16), "float32"))
+
+
+@needs_nvcc
+def test_cuda_kernels_compile_with_nvcc():
+    from rebirth_tvm.build import check_cuda_source
+
+    result = check_cuda_source(rebirth_tvm.build(rebirth_tvm.load(tiny_cnn()), target="cuda", arch="sm_80"))
+    assert result["compiled"] and result["ptx_bytes"] > 1000
+
+
+@needs_gpu
+def test_cuda_build_runs_on_the_gpu_and_matches_x86():
+    mod = rebirth_tvm.load(tiny_cnn())
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype("float32")
+    gpu = rebirth_tvm.build(mod, target="cuda").run(x)
+    cpu = rebirth_tvm.build(mod, target="x86").run(x)
+    assert np.max(np.abs(gpu - cpu)) <= 1e-4 * np.max(np.abs(cpu))
+
+
+@needs_cross
+def test_cli_arm_target_reports_how_it_was_checked(tmp_path):
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_cnn(), model)
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", str(model), "--target", "arm",
+                           "--cpu", "neoverse-n1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert elf_machine(out / "model.so") == 183
+    report = json.loads((out / "report.json").read_text())
+    assert report["target"]["mtriple"] == "aarch64-linux-gnu" and report["target"]["mcpu"] == "neoverse-n1"
+    assert report["check"]["passed"] and report["check"]["target_binary_run"] is False
+    assert report["check"]["ran_on"]["kind"] == "llvm" and "mtriple" not in report["check"]["ran_on"]
+    assert "aarch64 library itself was not run here" in proc.stdout
+
+
+def test_cli_unknown_arm_cpu_is_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "squeezenet1_1", "--target", "arm",
+                           "--cpu", "m1", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == ["error: unknown ARM CPU 'm1'; known: cortex-a53, cortex-a72, cortex-a76, neoverse-n1"]
