@@ -73,14 +73,39 @@ def build(mod: tvm.IRModule, target="x86", cpu: str | None = None, arch: str | N
     """
     if not isinstance(target, tvm.target.Target):
         target = resolve_target(target, cpu, arch)
+    return _wrap(mod, target, lambda: _compile(mod, target))
+
+
+def build_tuned(mod: tvm.IRModule, target: tvm.target.Target, trials: int, database_dir: str):
+    """Tune (tasks the database lacks) and build with the database; returns (BuiltModel, info).
+
+    Tuning measures candidates, so it needs to run them: x86 only for now (ARM needs a board
+    over RPC, CUDA a GPU).
+    """
+    from .tuning import compile_with_database, tune
+
+    if not runs_here(target):
+        raise RebirthError(f"tuning a {describe(target)} build needs that machine to measure on; "
+                           "use --tune-trials 0 (an untuned build) for now")
+    start = time.perf_counter()
+    database, info = tune(mod, target, trials, database_dir)
+    built = _wrap(mod, target, lambda: compile_with_database(mod, target, database))
+    built.compile_seconds = time.perf_counter() - start
+    return built, info
+
+
+def _compile(mod, target):
+    with target:
+        if is_cuda(target):
+            return tvm.compile(mod, target=target)
+        return tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+
+
+def _wrap(mod, target, make) -> BuiltModel:
     params = mod["main"].params
     num_input = int(mod["main"].attrs["num_input"]) if mod["main"].attrs and "num_input" in mod["main"].attrs else len(params)
     start = time.perf_counter()
-    with target:
-        if is_cuda(target):
-            executable = tvm.compile(mod, target=target)
-        else:
-            executable = tvm.compile(mod, target=target, relax_pipeline=relax.get_default_pipeline(target))
+    executable = make()
     return BuiltModel(executable, target, [p.name for p in params[:num_input]], time.perf_counter() - start)
 
 

@@ -41,6 +41,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     cuda = report.get("cuda_kernels")
     if cuda:
         lines.append(f"CUDA kernels: compiled with nvcc for {cuda['arch']} ({cuda['ptx_bytes']:,} bytes of PTX)" if cuda["compiled"] else f"CUDA kernels: {cuda['reason']}")
+    tuning = report.get("tuning")
+    if tuning:
+        lines.append(
+            f"tuning: {tuning['tasks_tuned']} of {tuning['tasks']} tasks tuned with {tuning['trials']} trials "
+            f"({tuning['tasks_already_tuned']} already in {tuning['database']}) in {tuning['seconds']:.1f} s; "
+            f"tuned vs untuned max rel diff {tuning['max_rel_diff']:.2g}"
+        )
     lines.append(f"compile: {report['compile_seconds']:.1f} s for {json_target(report['target'])}")
     return lines
 
@@ -60,6 +67,8 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help=f"an .onnx file or a built-in model: {', '.join(MODELS)}")
     parser.add_argument("--target", default="x86", help=f"where it will run: {', '.join(TARGETS)} (aarch64 Linux; needs the Debian package g++-aarch64-linux-gnu), or a JSON target dict (default: x86)")
     parser.add_argument("--cpu", default=None, help="CPU: an LLVM name for x86 (default: this machine's), or for arm one of cortex-a53, cortex-a72, cortex-a76, neoverse-n1")
+    parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule tuning trials for the final model (default 0: untuned; x86 only for now). Tasks already in --tuning-db are not tuned again")
+    parser.add_argument("--tuning-db", default=None, help="tuning database directory, reused across runs (default with --tune-trials: tuning-db/ beside --out)")
     parser.add_argument("--arch", default=None, help="CUDA architecture for --target cuda, e.g. sm_80 (default) or sm_90")
     parser.add_argument("--passes", default="exact", choices=PASS_SETS, help="exact: FoldBatchNorm, FoldChannelAffine, MergeParallelConvs (default); none: compile as imported")
     parser.add_argument("--input-shape", default=None, help="fixed input shape, e.g. 1,3,224,224 (or name=1,3,224,224;other=...); required for dynamic dimensions")
@@ -102,6 +111,8 @@ def main(argv=None) -> int:
             args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
             cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
             merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
+            tune_trials=args.tune_trials,
+            tuning_db=args.tuning_db or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "tuning-db") if args.tune_trials else None),
         )
         write_result(result, args.out, onnx_path=args.save_onnx)
     except RebirthError as err:

@@ -19,7 +19,7 @@ import numpy as np
 import tvm
 
 from . import report as report_mod
-from .build import BuiltModel, build, check_cuda_source, host_build_for
+from .build import BuiltModel, build, build_tuned, check_cuda_source, host_build_for
 from .errors import RebirthError
 from .onnx_import import graph_inputs, import_onnx, random_inputs, read_onnx
 from .reference import onnxruntime_outputs, reference_name
@@ -114,6 +114,8 @@ def compile_model(
     seed: int = 0,
     rebirth: RebirthOptions | None = None,
     arch: str | None = None,
+    tune_trials: int = 0,
+    tuning_db: str | None = None,
 ) -> CompileResult:
     """Import, rewrite, build and check one model.
 
@@ -127,6 +129,10 @@ def compile_model(
     input_shape: fixed input shape (needed for dynamic dimensions).
     cpu: LLVM CPU name for x86 (default: this machine's) or arm (cortex-a53/a72/a76, neoverse-n1).
     arch: CUDA architecture (``sm_80`` by default).
+    tune_trials: MetaSchedule trials for the final module (0: no tuning). Tasks that
+        ``tuning_db`` already holds records for are not tuned again.
+    tuning_db: the tuning database directory (default: a temporary one, then it is only good
+        for this run). With ``tune_trials=0`` an existing database is still applied.
     allow_kernel_padding: let MergeParallelConvs zero-pad kernels of different sizes.
     merge_parallel: run MergeParallelConvs at all.
     seed: seed of the random inputs used for the check.
@@ -185,6 +191,16 @@ def compile_model(
         sites = sites + relearned
         built = fidelity.pop("built")
         report["fidelity"] = fidelity
+    if tune_trials or tuning_db:
+        untuned = host_build_for(built, rewritten)
+        built, tuning = build_tuned(rewritten, tvm_target, tune_trials, tuning_db or tempfile.mkdtemp(prefix="rebirth-tuning-"))
+        # The tuned kernels compute what the untuned ones do (no assumption: measured here).
+        tuning.update(report_mod.output_difference(built.run([inputs[s.name] for s in specs]),
+                                                   untuned.run([inputs[s.name] for s in specs])))
+        tuning["tuned_matches_untuned"] = tuning["max_rel_diff"] <= EXACT_TOLERANCE
+        if not tuning["tuned_matches_untuned"]:
+            raise RebirthError(f"the tuned build differs from the untuned one by {tuning['max_rel_diff']:.3g} (relative); nothing was written")
+        report["tuning"] = tuning
     report.update({
         "ops_after": report_mod.op_counts(rewritten),
         "sites": [s.to_json() for s in sites],

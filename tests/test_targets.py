@@ -107,3 +107,37 @@ def test_cli_unknown_arm_cpu_is_one_line(tmp_path):
                            "--cpu", "m1", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == ["error: unknown ARM CPU 'm1'; known: cortex-a53, cortex-a72, cortex-a76, neoverse-n1"]
+
+
+def test_tuned_build_equals_untuned_and_a_warm_database_is_not_tuned_again(tmp_path):
+    """x86 MetaSchedule tuning (a few trials: this is about correctness and reuse, not speed)."""
+    model = tmp_path / "tiny.onnx"
+    onnx.save(tiny_cnn(), model)
+    database = tmp_path / "db"
+
+    def compile_tuned(out):
+        proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", str(model), "--tune-trials", "6",
+                               "--tuning-db", str(database), "--out", str(tmp_path / out)],
+                              capture_output=True, text=True, cwd=ROOT, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return json.loads((tmp_path / out / "report.json").read_text())
+
+    first = compile_tuned("first")
+    assert first["tuning"]["tasks_tuned"] == first["tuning"]["tasks"] > 0
+    assert first["tuning"]["tuned_matches_untuned"] and first["tuning"]["max_rel_diff"] <= 1e-5
+    assert (database / "database_tuning_record.json").stat().st_size > 0
+    second = compile_tuned("second")
+    assert second["tuning"]["tasks_tuned"] == 0
+    assert second["tuning"]["tasks_already_tuned"] == first["tuning"]["tasks"]
+    assert second["tuning"]["seconds"] < first["tuning"]["seconds"] / 5
+
+
+def test_tuning_a_build_that_cannot_run_here_is_refused(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "squeezenet1_1", "--target", "cuda",
+                           "--tune-trials", "4", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    if cuda_available():
+        pytest.skip("a GPU is present: tuning for it would run")
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs that machine to measure on" in lines[0]
+    assert not (tmp_path / "out").exists()

@@ -1,0 +1,79 @@
+"""MetaSchedule tuning with a database that is reused across runs.
+
+Untuned TVM CPU code is 30–100× slower than a tuned build, so every speed claim needs this.
+What the notes taught us, built in:
+
+* tasks come from the *fused* module (``relax.get_pipeline("zero")``): on the raw module there
+  are none, and the database keys are the fused PrimFuncs, so tuning and applying use the same
+  fusion;
+* the default builder re-imports ``tvm.s_tir.tensor_intrin`` (15 s) in every fresh worker pool
+  and times out at 30 s on two busy cores; :func:`fast_build` skips that and the timeout is 120 s;
+* the database is a JSON directory (``--tuning-db``): tasks that already have records are not
+  tuned again, so a warm database recompiles in seconds;
+* the XGBoost cost model is imported up front (a missing xgboost otherwise fails mid-run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+
+import tvm
+from tvm import relax
+
+from .errors import RebirthError
+
+
+def fast_build(mod, target, _params):
+    """MetaSchedule builder function without the per-pool tensor-intrinsic import (see above)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, database_dir: str,
+         max_trials_per_task: int | None = None, seed: int = 0):
+    """Tune the tasks of ``mod`` that ``database_dir`` has no records for; returns (database, info).
+
+    ``trials`` is the global budget over the tasks that still need tuning; 0 only applies what
+    the database holds.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 0:
+        raise RebirthError(f"--tune-trials must be 0 or more, got {trials}")
+    if importlib.util.find_spec("xgboost") is None:  # the cost model; missing, it would fail mid-run
+        raise RebirthError("tuning needs xgboost: pip install xgboost")
+    os.makedirs(database_dir, exist_ok=True)
+    start = time.perf_counter()
+    with target:
+        fused = relax.get_pipeline("zero")(mod)
+    extracted = ms.relax_integration.extract_tasks(fused, target)
+    database = ms.database.JSONDatabase(work_dir=database_dir)
+    missing = [t for t in extracted if not database.has_workload(t.dispatched[0])]
+    info = {"tasks": len(extracted), "tasks_already_tuned": len(extracted) - len(missing), "tasks_tuned": 0,
+            "trials": trials, "database": os.path.abspath(database_dir)}
+    if trials and missing:
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=missing, work_dir=database_dir, space="post-order-apply", strategy="evolutionary", seed=seed)
+        # Every task first gets one batch, so keep batches small enough for all to get trials.
+        per_iter = max(1, min(16, trials // len(missing)))
+        ms.tune_tasks(
+            tasks=contexts, task_weights=weights, work_dir=database_dir, max_trials_global=trials,
+            max_trials_per_task=max_trials_per_task, num_trials_per_iter=per_iter,
+            builder=ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1, timeout_sec=120, f_build=fast_build),
+            runner=ms.runner.LocalRunner(evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0)),
+            database=database, cost_model="xgb",
+        )
+        info["tasks_tuned"] = len(missing)
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    return database, info
+
+
+def compile_with_database(mod: tvm.IRModule, target: tvm.target.Target, database):
+    """Build ``mod`` with the schedules in ``database`` (fusion as when tuning)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.compile_relax(database, mod, target, params=None)
