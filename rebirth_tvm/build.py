@@ -19,7 +19,7 @@ import tvm
 from tvm import relax
 
 from .errors import RebirthError
-from .targets import describe, export_compiler, is_cuda, resolve_target, runs_here
+from .targets import describe, export_compiler, is_cuda, require_tunable, resolve_target, runs_here
 
 
 class BuiltModel:
@@ -84,9 +84,7 @@ def build_tuned(mod: tvm.IRModule, target: tvm.target.Target, trials: int, datab
     """
     from .tuning import compile_with_database, tune
 
-    if not runs_here(target):
-        raise RebirthError(f"tuning a {describe(target)} build needs that machine to measure on; "
-                           "use --tune-trials 0 (an untuned build) for now")
+    require_tunable(target)
     start = time.perf_counter()
     database, info = tune(mod, target, trials, database_dir)
     built = _wrap(mod, target, lambda: compile_with_database(mod, target, database))

@@ -23,7 +23,7 @@ from .build import BuiltModel, build, build_tuned, check_cuda_source, host_build
 from .errors import RebirthError
 from .onnx_import import graph_inputs, import_onnx, random_inputs, read_onnx
 from .reference import onnxruntime_outputs, reference_name
-from .targets import describe, is_cuda, resolve_target
+from .targets import describe, is_cuda, require_tunable, resolve_target
 
 PASS_SETS = ("exact", "none")
 
@@ -148,6 +148,8 @@ def compile_model(
     specs = graph_inputs(onnx_model, input_shape)
     name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
     calibration = _calibration(rebirth, name, specs) if rebirth else None  # bad input fails fast
+    if tune_trials or tuning_db:
+        require_tunable(tvm_target)  # before any heavy work
     original = import_onnx(onnx_model, specs)
     rewritten, sites = apply_passes(original, passes, allow_kernel_padding, merge_parallel)
     built = build(rewritten, tvm_target)
@@ -183,14 +185,14 @@ def compile_model(
             "target_binary_run": checked is built,
         },
     }
-    if is_cuda(tvm_target):
-        report["cuda_kernels"] = check_cuda_source(built)
     if rebirth:
         rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target,
                                                         merge_parallel=passes == "exact" and merge_parallel)
         sites = sites + relearned
         built = fidelity.pop("built")
         report["fidelity"] = fidelity
+    if is_cuda(tvm_target):
+        report["cuda_kernels"] = check_cuda_source(built)  # the final module's kernels
     if tune_trials or tuning_db:
         untuned = host_build_for(built, rewritten)
         built, tuning = build_tuned(rewritten, tvm_target, tune_trials, tuning_db or tempfile.mkdtemp(prefix="rebirth-tuning-"))

@@ -89,6 +89,13 @@ def runs_here(target: tvm.target.Target) -> bool:
     return target.kind.name == "llvm" and not is_aarch64(target) and os.uname().machine in ("x86_64", "AMD64")
 
 
+def require_tunable(target: tvm.target.Target) -> None:
+    """Tuning measures candidates, so the build must run here (ARM needs RPC, CUDA a GPU)."""
+    if not runs_here(target):
+        raise RebirthError(f"tuning a {describe(target)} build needs that machine to measure on; "
+                           "use --tune-trials 0 (an untuned build) for now")
+
+
 def export_compiler(target: tvm.target.Target) -> str | None:
     """The C++ compiler that links an exported library for ``target`` (None: the host's)."""
     if not is_aarch64(target):
