@@ -76,17 +76,18 @@ def build(mod: tvm.IRModule, target="x86", cpu: str | None = None, arch: str | N
     return _wrap(mod, target, lambda: _compile(mod, target))
 
 
-def build_tuned(mod: tvm.IRModule, target: tvm.target.Target, trials: int, database_dir: str):
+def build_tuned(mod: tvm.IRModule, target: tvm.target.Target, trials: int, database_dir: str,
+                max_trials_per_task: int | None = None, rpc=None, progress: bool = True):
     """Tune (tasks the database lacks) and build with the database; returns (BuiltModel, info).
 
-    Tuning measures candidates, so it needs to run them: x86 only for now (ARM needs a board
-    over RPC, CUDA a GPU).
+    Tuning measures candidates, so it needs to run them: here (x86, or CUDA with a GPU) or on a
+    device over RPC (``rpc``, a :class:`~rebirth_tvm.remote.RpcDevice`).
     """
     from .tuning import compile_with_database, tune
 
-    require_tunable(target)
+    require_tunable(target, rpc)
     start = time.perf_counter()
-    database, info = tune(mod, target, trials, database_dir)
+    database, info = tune(mod, target, trials, database_dir, max_trials_per_task=max_trials_per_task, rpc=rpc, progress=progress)
     built = _wrap(mod, target, lambda: compile_with_database(mod, target, database))
     built.compile_seconds = time.perf_counter() - start
     return built, info

@@ -15,6 +15,7 @@ from typing import Any
 from . import report as report_mod
 from .errors import RebirthError
 from .pipeline import PASS_SETS, RebirthOptions, compile_model, parse_shape, write_result
+from .remote import RpcDevice
 from .targets import TARGETS
 
 
@@ -36,17 +37,26 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"top-1 agreement {fidelity.get('top1_agreement', float('nan')):.1%}, top-5 {fidelity.get('top5_agreement', float('nan')):.1%}, "
             f"relative logit error {fidelity.get('relative_logit_error', float('nan')):.3g}; relearned in {fidelity['relearn_seconds']:.1f} s"
         )
-    if not report["check"]["target_binary_run"]:
+    if not report["check"]["target_binary_run"] and "verification" not in report:
         lines.append(f"the {report_mod.target_label(report['target'])} library itself was not run here; the check ran an x86 build of the same module")
     cuda = report.get("cuda_kernels")
     if cuda:
         lines.append(f"CUDA kernels: compiled with nvcc for {cuda['arch']} ({cuda['ptx_bytes']:,} bytes of PTX)" if cuda["compiled"] else f"CUDA kernels: {cuda['reason']}")
     tuning = report.get("tuning")
     if tuning:
+        same = (f"tuned vs untuned max rel diff {tuning['max_rel_diff']:.2g}" if tuning.get("tuned_matches_untuned") is not None
+                else "tuned build not run here")
         lines.append(
             f"tuning: {tuning['tasks_tuned']} of {tuning['tasks']} tasks tuned with {tuning['trials']} trials "
-            f"({tuning['tasks_already_tuned']} already in {tuning['database']}) in {tuning['seconds']:.1f} s; "
-            f"tuned vs untuned max rel diff {tuning['max_rel_diff']:.2g}"
+            f"({tuning['tasks_already_tuned']} already in {tuning['database']}) in {tuning['seconds']:.1f} s; {same}"
+        )
+    verification = report.get("verification")
+    if verification:
+        timing = verification.get("latency_ms")
+        lines.append(
+            f"verify ({verification['method']}): ran on {verification['ran_on']}; max rel diff vs x86 {verification['max_rel_diff']:.2g} "
+            f"(tolerance {verification['tolerance']:g}) -> passed"
+            + (f"; latency there {timing['median']:.2f} ms median" if timing else "")
         )
     lines.append(f"compile: {report['compile_seconds']:.1f} s for {json_target(report['target'])}")
     return lines
@@ -69,6 +79,11 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu", default=None, help="CPU: an LLVM name for x86 (default: this machine's), or for arm one of cortex-a53, cortex-a72, cortex-a76, neoverse-n1")
     parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule tuning trials for the final model (default 0: untuned; x86 only for now). Tasks already in --tuning-db are not tuned again")
     parser.add_argument("--tuning-db", default=None, help="tuning database directory, reused across runs (default with --tune-trials: tuning-db/ beside --out)")
+    parser.add_argument("--max-trials-per-task", type=int, default=None, help="cap on the trials any one task gets (default: none)")
+    parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="TVM RPC tracker of a device (board or GPU machine): tuning measures there, and --verify rpc runs there")
+    parser.add_argument("--rpc-key", default=None, help="the key the device's rpc_server registered with the tracker")
+    parser.add_argument("--verify", default=None, choices=["qemu", "native", "rpc"], help="run the exported library and check it against the x86 build (1e-5): qemu (arm, under qemu-aarch64; Debian package qemu-user), native (x86) or rpc (on the device, also timed there)")
+    parser.add_argument("--runner", action="store_true", help="also build the native runner (rebirth-run, needs cmake) for the target and put it and the two TVM runtime libraries beside model.so")
     parser.add_argument("--arch", default=None, help="CUDA architecture for --target cuda, e.g. sm_80 (default) or sm_90")
     parser.add_argument("--passes", default="exact", choices=PASS_SETS, help="exact: FoldBatchNorm, FoldChannelAffine, MergeParallelConvs (default); none: compile as imported")
     parser.add_argument("--input-shape", default=None, help="fixed input shape, e.g. 1,3,224,224 (or name=1,3,224,224;other=...); required for dynamic dimensions")
@@ -107,11 +122,15 @@ def main(argv=None) -> int:
                                      preset=args.preset, calib_count=args.calib_count)
         elif args.calib:
             raise RebirthError("--calib is only used with --rebirth")
+        if args.rpc_key and not args.rpc_tracker:
+            raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
         result = compile_model(
             args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
             cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
             merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
-            tune_trials=args.tune_trials,
+            tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task,
+            rpc=RpcDevice.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None,
+            verify=args.verify, runner=args.runner,
             tuning_db=args.tuning_db or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "tuning-db") if args.tune_trials else None),
         )
         write_result(result, args.out, onnx_path=args.save_onnx)
@@ -122,7 +141,8 @@ def main(argv=None) -> int:
         print("error: interrupted; nothing was written", file=sys.stderr)
         return 130
     print("\n".join(summary_lines(result.report)))
-    print(f"wrote {os.path.join(args.out, 'model.so')}, report.json, report.md in {time.perf_counter() - start:.1f} s")
+    extra = ", rebirth-run + runtime libraries" if result.runner else ""
+    print(f"wrote {os.path.join(args.out, 'model.so')}, report.json, report.md{extra} in {time.perf_counter() - start:.1f} s")
     return 0
 
 

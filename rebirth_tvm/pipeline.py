@@ -23,9 +23,10 @@ from .build import BuiltModel, build, build_tuned, check_cuda_source, host_build
 from .errors import RebirthError
 from .onnx_import import graph_inputs, import_onnx, random_inputs, read_onnx
 from .reference import onnxruntime_outputs, reference_name
-from .targets import describe, is_cuda, require_tunable, resolve_target
+from .targets import describe, is_cuda, require_tunable, resolve_target, runs_here
 
 PASS_SETS = ("exact", "none")
+VERIFY_METHODS = ("qemu", "native", "rpc")
 
 #: Exact passes only reorder float arithmetic; 1e-4 of the output's scale is far above the
 #: rounding they cause (measured ≤ 2e-6 on the zoo) and far below any real change.
@@ -65,6 +66,10 @@ class CompileResult:
     built: BuiltModel
     report: dict[str, Any]
     sites: list = field(default_factory=list)
+    #: The exported library that verification ran (written as is), when one was verified.
+    library: str | None = None
+    #: The native runner built for the target (copied beside model.so), when asked for.
+    runner: str | None = None
 
 
 def parse_shape(text: str | None):
@@ -116,6 +121,10 @@ def compile_model(
     arch: str | None = None,
     tune_trials: int = 0,
     tuning_db: str | None = None,
+    max_trials_per_task: int | None = None,
+    rpc=None,
+    verify: str | None = None,
+    runner: bool = False,
 ) -> CompileResult:
     """Import, rewrite, build and check one model.
 
@@ -133,6 +142,13 @@ def compile_model(
         ``tuning_db`` already holds records for are not tuned again.
     tuning_db: the tuning database directory (default: a temporary one, then it is only good
         for this run). With ``tune_trials=0`` an existing database is still applied.
+    max_trials_per_task: cap on the trials any one task gets.
+    rpc: a :class:`~rebirth_tvm.remote.RpcDevice`: tuning measures on it, ``verify="rpc"`` runs there.
+    verify: run the exported library and compare it with an x86 build of the same module
+        (within ``native.VERIFY_TOLERANCE``): ``"qemu"`` (an arm build under qemu-aarch64, with
+        the native runner), ``"native"`` (an x86 build with the native runner) or ``"rpc"``
+        (on the RPC device, which also times it there).
+    runner: also build the native runner (``rebirth-run``) for the target; written beside model.so.
     allow_kernel_padding: let MergeParallelConvs zero-pad kernels of different sizes.
     merge_parallel: run MergeParallelConvs at all.
     seed: seed of the random inputs used for the check.
@@ -149,7 +165,9 @@ def compile_model(
     name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
     calibration = _calibration(rebirth, name, specs) if rebirth else None  # bad input fails fast
     if tune_trials or tuning_db:
-        require_tunable(tvm_target)  # before any heavy work
+        require_tunable(tvm_target, rpc)  # before any heavy work
+    if verify:
+        _check_verify_method(verify, tvm_target, rpc)
     original = import_onnx(onnx_model, specs)
     rewritten, sites = apply_passes(original, passes, allow_kernel_padding, merge_parallel)
     built = build(rewritten, tvm_target)
@@ -195,21 +213,84 @@ def compile_model(
         report["cuda_kernels"] = check_cuda_source(built)  # the final module's kernels
     if tune_trials or tuning_db:
         untuned = host_build_for(built, rewritten)
-        built, tuning = build_tuned(rewritten, tvm_target, tune_trials, tuning_db or tempfile.mkdtemp(prefix="rebirth-tuning-"))
-        # The tuned kernels compute what the untuned ones do (no assumption: measured here).
-        tuning.update(report_mod.output_difference(built.run([inputs[s.name] for s in specs]),
-                                                   untuned.run([inputs[s.name] for s in specs])))
-        tuning["tuned_matches_untuned"] = tuning["max_rel_diff"] <= EXACT_TOLERANCE
-        if not tuning["tuned_matches_untuned"]:
-            raise RebirthError(f"the tuned build differs from the untuned one by {tuning['max_rel_diff']:.3g} (relative); nothing was written")
+        built, tuning = build_tuned(rewritten, tvm_target, tune_trials, tuning_db or tempfile.mkdtemp(prefix="rebirth-tuning-"),
+                                    max_trials_per_task=max_trials_per_task, rpc=rpc)
+        if runs_here(built.target):
+            # The tuned kernels compute what the untuned ones do (no assumption: measured here).
+            tuning.update(report_mod.output_difference(built.run([inputs[s.name] for s in specs]),
+                                                       untuned.run([inputs[s.name] for s in specs])))
+            tuning["tuned_matches_untuned"] = tuning["max_rel_diff"] <= EXACT_TOLERANCE
+            if not tuning["tuned_matches_untuned"]:
+                raise RebirthError(f"the tuned build differs from the untuned one by {tuning['max_rel_diff']:.3g} (relative); nothing was written")
+        else:
+            tuning["tuned_matches_untuned"] = None  # only the device can run it: --verify says
         report["tuning"] = tuning
+    library = None
+    if verify:
+        library, report["verification"] = _verify(verify, built, rewritten, [inputs[s.name] for s in specs], rpc)
+    runner_path = None
+    if runner:
+        from .native import arch_of, build_runner
+
+        runner_path = build_runner(arch_of(tvm_target))
     report.update({
         "ops_after": report_mod.op_counts(rewritten),
         "sites": [s.to_json() for s in sites],
         "compile_seconds": round(built.compile_seconds, 3),
         "versions": {"tvm": tvm.__version__},
     })
-    return CompileResult(rewritten, built, report, sites)
+    return CompileResult(rewritten, built, report, sites, library=library, runner=runner_path)
+
+
+def _check_verify_method(method: str, target, rpc) -> None:
+    """Refuse a verification that cannot run, before any heavy work."""
+    from .targets import is_aarch64
+
+    if method not in VERIFY_METHODS:
+        raise RebirthError(f"unknown --verify {method!r}; known: {', '.join(VERIFY_METHODS)}")
+    if method == "qemu":
+        if not is_aarch64(target):
+            raise RebirthError("--verify qemu runs arm (aarch64) builds; for x86 use --verify native")
+        from .native import emulator
+
+        emulator("aarch64")  # names the Debian package if qemu is missing
+    if method == "native" and not runs_here(target):
+        raise RebirthError(f"--verify native runs builds for this machine; a {target.kind.name} build needs --verify qemu or rpc")
+    if method == "rpc" and rpc is None:
+        raise RebirthError("--verify rpc needs --rpc-tracker HOST:PORT and --rpc-key KEY")
+
+
+def _verify(method: str, built: BuiltModel, module, inputs, rpc):
+    """Export ``built``, run the exported library where it belongs, compare with x86 Python.
+
+    Returns (the verified library's path, the report's ``verification`` entry). A mismatch raises:
+    a library that computes something else must never be written.
+    """
+    from .native import VERIFY_TOLERANCE, arch_of, run_library
+    from .remote import export_for_device, run_remote
+
+    start = time.perf_counter()
+    reference = host_build_for(built, module).run(inputs)
+    library = export_for_device(built)
+    entry = {"method": method, "tolerance": VERIFY_TOLERANCE}
+    if method == "rpc":
+        outputs, timing = run_remote(library, inputs, rpc, built.target)
+        entry.update(ran_on=f"RPC device {rpc}", latency_ms=timing)
+    else:
+        arch = arch_of(built.target)
+        outputs, stats = run_library(library, inputs, arch=arch, warmup=0, repeat=1)
+        if method == "qemu":
+            entry.update(ran_on="qemu-aarch64 user-mode emulation, native runner (rebirth-run)",
+                         note="emulated: correctness only; timings under qemu say nothing about a device's speed")
+        else:
+            entry.update(ran_on="this machine, native runner (rebirth-run)")
+    diff = report_mod.output_difference(outputs if len(outputs) > 1 else outputs[0], reference)
+    entry.update(diff, reference="the same module built for x86, run by TVM's Python VM",
+                 passed=diff["max_rel_diff"] <= VERIFY_TOLERANCE, seconds=round(time.perf_counter() - start, 2))
+    if not entry["passed"]:
+        raise RebirthError(f"the exported library ({method}) differs from the x86 build by {diff['max_rel_diff']:.3g} "
+                           f"(relative), above {VERIFY_TOLERANCE:g}; nothing was written")
+    return library, entry
 
 
 def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, pool_kernel: str = "auto",
@@ -278,7 +359,11 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
 
 
 def write_result(result: CompileResult, out_dir: str, onnx_path: str | None = None) -> None:
-    """Write model.so, report.json, report.md into ``out_dir`` atomically (and the ONNX, if asked)."""
+    """Write model.so, report.json, report.md into ``out_dir`` atomically (and the ONNX, if asked).
+
+    With a runner, ``rebirth-run`` and the two TVM runtime libraries it loads are written too:
+    the directory is then a bundle to copy to the device as is.
+    """
     if onnx_path:
         from .export_onnx import to_onnx
 
@@ -288,7 +373,14 @@ def write_result(result: CompileResult, out_dir: str, onnx_path: str | None = No
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".rebirth-", dir=parent)
     try:
-        result.built.export(os.path.join(staging, "model.so"))
+        if result.library:
+            shutil.copy2(result.library, os.path.join(staging, "model.so"))  # the very file verified
+        else:
+            result.built.export(os.path.join(staging, "model.so"))
+        if result.runner:
+            from .native import copy_runner
+
+            copy_runner(result.runner, staging)
         report_mod.write_json(result.report, os.path.join(staging, "report.json"))
         with open(os.path.join(staging, "report.md"), "w") as f:
             f.write(report_mod.markdown(result.report))

@@ -96,6 +96,32 @@ def target_label(target: dict) -> str:
     return "x86" if target.get("kind") == "llvm" else str(target.get("kind"))
 
 
+def _tuning_and_verification(report: dict[str, Any]) -> list[str]:
+    parts = []
+    tuning = report.get("tuning")
+    if tuning:
+        rows = [["trials (budget)", tuning["trials"]], ["max trials per task", tuning.get("max_trials_per_task") or "no cap"],
+                ["tasks", tuning["tasks"]], ["tasks tuned now", tuning["tasks_tuned"]],
+                ["tasks already in the database", tuning["tasks_already_tuned"]], ["database", tuning["database"]],
+                ["measured on", tuning.get("measured_on", "—")], ["seconds", tuning["seconds"]]]
+        if tuning.get("tuned_matches_untuned") is not None:
+            rows.append(["tuned vs untuned max rel diff", f"{tuning['max_rel_diff']:.3g}"])
+        parts += ["## Tuning (MetaSchedule)", "", _table(["", ""], rows), ""]
+    verification = report.get("verification")
+    if verification:
+        rows = [["method", verification["method"]], ["ran on", verification["ran_on"]], ["compared with", verification["reference"]],
+                ["max abs diff", f"{verification['max_abs_diff']:.3g}"], ["max rel diff", f"{verification['max_rel_diff']:.3g}"],
+                ["tolerance (rel)", f"{verification['tolerance']:g}"], ["result", "passed" if verification["passed"] else "FAILED"],
+                ["seconds", verification["seconds"]]]
+        timing = verification.get("latency_ms")
+        if timing:
+            rows.append(["latency on the device (ms)", f"median {timing['median']:.3f}, min {timing['min']:.3f}, max {timing['max']:.3f} ({timing['runs']} runs)"])
+        if verification.get("note"):
+            rows.append(["note", verification["note"]])
+        parts += ["## Verification of the exported library", "", _table(["", ""], rows), ""]
+    return parts
+
+
 def markdown(report: dict[str, Any]) -> str:
     """``report.md``: the same content as ``report.json``, as tables."""
     check = report["check"]
@@ -114,7 +140,8 @@ def markdown(report: dict[str, Any]) -> str:
             ["tolerance (rel)", f"{check['tolerance']:.0e}"],
             ["check", "passed" if check["passed"] else "FAILED"],
             ["checked on", "this library" if check.get("target_binary_run", True)
-             else f"an x86 build of the same module (the {target_label(report['target'])} library was not run here)"],
+             else f"an x86 build of the same module (the {target_label(report['target'])} library itself: see Verification)"
+             if "verification" in report else f"an x86 build of the same module (the {target_label(report['target'])} library was not run here)"],
             *([["CUDA kernels", f"compiled with nvcc for {report['cuda_kernels']['arch']}" if report["cuda_kernels"]["compiled"]
                 else report["cuda_kernels"]["reason"]]] if "cuda_kernels" in report else []),
         ]),
@@ -126,6 +153,7 @@ def markdown(report: dict[str, Any]) -> str:
         "## Sites",
         "",
     ]
+    parts[parts.index("## Ops before and after"):parts.index("## Ops before and after")] = _tuning_and_verification(report)
     sites = report["sites"]
     if sites:
         parts.append(_table(["pass", "site", "status", "exact", "reason"],

@@ -89,11 +89,12 @@ def runs_here(target: tvm.target.Target) -> bool:
     return target.kind.name == "llvm" and not is_aarch64(target) and os.uname().machine in ("x86_64", "AMD64")
 
 
-def require_tunable(target: tvm.target.Target) -> None:
-    """Tuning measures candidates, so the build must run here (ARM needs RPC, CUDA a GPU)."""
-    if not runs_here(target):
-        raise RebirthError(f"tuning a {describe(target)} build needs that machine to measure on; "
-                           "use --tune-trials 0 (an untuned build) for now")
+def require_tunable(target: tvm.target.Target, rpc=None) -> None:
+    """Tuning measures candidates: the build must run here, or on a device over RPC."""
+    if rpc is None and not runs_here(target):
+        where = "a CUDA GPU" if is_cuda(target) else "an aarch64 board"
+        raise RebirthError(f"tuning a {target.kind.name} build for {describe(target)} needs {where} to measure on: "
+                           "give one with --rpc-tracker HOST:PORT --rpc-key KEY, or use --tune-trials 0 (untuned)")
 
 
 def export_compiler(target: tvm.target.Target) -> str | None:
