@@ -38,9 +38,9 @@ _ensure_passes_package()
 
 from . import passes  # noqa: E402
 from .build import BuiltModel, build, run  # noqa: E402
-from .pipeline import CompileResult, RebirthOptions, compile_model, rebirth  # noqa: E402
+from .pipeline import CompileResult, RebirthOptions, compile_model, rebirth, write_result  # noqa: E402
 from .errors import RebirthError  # noqa: E402
 from .onnx_import import load  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "build", "run", "compile_model", "rebirth", "RebirthOptions", "passes", "BuiltModel", "CompileResult", "RebirthError"]
+__all__ = ["load", "build", "run", "compile_model", "write_result", "rebirth", "RebirthOptions", "passes", "BuiltModel", "CompileResult", "RebirthError"]

@@ -18,6 +18,7 @@ What the notes taught us, built in:
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import time
 
@@ -92,6 +93,11 @@ def tune(mod: tvm.IRModule, target: tvm.target.Target, trials: int, database_dir
     if trials and missing:
         from .targets import is_aarch64
 
+        if progress:
+            # MetaSchedule prints a task table to stdout after every batch; the bar replaces it
+            # on the console (the console level is read when the task loggers are made, here),
+            # and the full logs stay in DATABASE/logs. progress=False leaves logging alone.
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=missing, work_dir=database_dir, space="post-order-apply", strategy="evolutionary", seed=seed)
         # Every task first gets one batch, so keep batches small enough for all to get trials.

@@ -7,8 +7,9 @@ The same rewritten model, compiled three ways:
 * **x86**, tuned with MetaSchedule: untuned TVM CPU code is 30-100x slower than tuned code, so
   every speed claim needs tuning. The tuning database is reused across runs.
 * **ARM** (64-bit, NEON): cross-compiled here and linked with ``aarch64-linux-gnu-g++``; copy
-  ``model.so`` to the board. It cannot run on this machine, so the rewrite is checked on an x86
-  build of the same module and the report says so.
+  ``model.so`` to the board. The rewrite is checked on an x86 build of the same module, and
+  ``verify="qemu"`` runs the exported ARM library itself under ``qemu-aarch64`` with the native
+  runner and compares it with that x86 build.
 * **CUDA**: TVM's GPU pipeline (fusion + dlight schedules); the kernels are compiled with nvcc
   when it is installed, and run only where a GPU is.
 
@@ -49,14 +50,35 @@ result.built.export(os.path.join(work, "model_x86.so"))
 # ``cpu`` tunes code generation for a core (cortex-a53/a72/a76, neoverse-n1). The export needs
 # the cross compiler: ``apt-get install g++-aarch64-linux-gnu``.
 
-if shutil.which("aarch64-linux-gnu-g++"):
-    arm = rebirth_tvm.compile_model(MODEL, target="arm", cpu="cortex-a72")
-    arm.built.export(os.path.join(work, "model_arm.so"))
-    check = arm.report["check"]
-    print(f"arm: exported; checked on {check['ran_on']['kind']} (target library run here: {check['target_binary_run']}), "
-          f"max rel diff {arm.report['max_rel_diff']:.1g}")
+if all(shutil.which(tool) for tool in ("aarch64-linux-gnu-g++", "qemu-aarch64", "cmake")):
+    arm = rebirth_tvm.compile_model(MODEL, target="arm", cpu="cortex-a72", verify="qemu", runner=True)
+    verification = arm.report["verification"]
+    print(f"arm: exported and run under qemu: max rel diff vs x86 {verification['max_rel_diff']:.1g} "
+          f"(tolerance {verification['tolerance']:g}); {verification['note']}")
+    rebirth_tvm.write_result(arm, os.path.join(work, "arm"))
+    print("arm bundle for the board:", sorted(os.listdir(os.path.join(work, "arm"))))
 else:
-    print("arm: skipped, aarch64-linux-gnu-g++ is not installed")
+    print("arm: skipped, needs aarch64-linux-gnu-g++, qemu-aarch64 and cmake "
+          "(apt-get install g++-aarch64-linux-gnu qemu-user cmake)")
+
+######################################################################
+# On a real board, over RPC
+# -------------------------
+# Tuning measures candidate kernels, so an ARM build is tuned on the board itself. Run TVM's
+# RPC server there and a tracker anywhere both machines reach::
+#
+#     python -m tvm.exec.rpc_tracker --host 0.0.0.0 --port 9190          # e.g. on this machine
+#     python -m tvm.exec.rpc_server --tracker 192.168.1.10:9190 --key rk3399   # on the board
+#
+# then pass the device: MetaSchedule measures every candidate there, and ``verify="rpc"`` runs
+# the final library there and reports its latency on the board::
+#
+#     from rebirth_tvm.remote import RpcDevice
+#     board = RpcDevice("192.168.1.10", 9190, "rk3399")
+#     rebirth_tvm.compile_model(MODEL, target="arm", cpu="cortex-a72", tune_trials=2000,
+#                               tuning_db="db-rk3399", rpc=board, verify="rpc")
+#
+# ``tests/test_rpc.py`` does exactly this with a tracker and a server on this machine.
 
 ######################################################################
 # 3. CUDA
@@ -71,5 +93,6 @@ print("cuda run here:", "yes" if cuda_available() else "no GPU here; run model_c
 # From the command line, the same three::
 #
 #     python -m rebirth_tvm.compile --model squeezenet1_1 --target x86 --tune-trials 200 --tuning-db db --out build/x86
-#     python -m rebirth_tvm.compile --model squeezenet1_1 --target arm --cpu cortex-a72 --out build/arm
+#     python -m rebirth_tvm.compile --model squeezenet1_1 --target arm --cpu cortex-a72 --verify qemu --runner --out build/arm
+#     python -m rebirth_tvm.compile --model squeezenet1_1 --target arm --tune-trials 2000 --rpc-tracker HOST:9190 --rpc-key rk3399 --verify rpc --out build/arm-tuned
 #     python -m rebirth_tvm.compile --model squeezenet1_1 --target cuda --arch sm_80 --out build/cuda

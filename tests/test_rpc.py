@@ -1,0 +1,94 @@
+"""Tuning and verifying over TVM RPC, against a tracker and a server started here.
+
+The "board" is this machine (an x86 rpc_server), so the test needs nothing but TVM; a real
+board differs only in where its server runs.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from onnx_builders import tiny_cnn
+
+from rebirth_tvm import RebirthError
+from rebirth_tvm.compile import main as compile_main
+from rebirth_tvm.remote import RpcDevice
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rpc_device():
+    tracker_port, server_port = _free_port(), _free_port()
+    tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
+                                "--port-end", str(tracker_port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = None
+    try:
+        _wait_for_port(tracker_port)
+        server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
+                                   "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", "testboard"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        device = RpcDevice("127.0.0.1", tracker_port, "testboard")
+        deadline = time.time() + 120
+        while True:  # until the server has registered with the tracker
+            try:
+                device.session()
+                break
+            except RebirthError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(1)
+        yield device
+    finally:
+        for process in (server, tracker):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=30)
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+def test_tune_over_rpc_then_verify_and_time_on_the_device(rpc_device, tmp_path, capsys):
+    import onnx
+
+    onnx.save(tiny_cnn(), str(tmp_path / "tiny.onnx"))
+    tracker = f"{rpc_device.tracker_host}:{rpc_device.tracker_port}"
+    args = ["--model", str(tmp_path / "tiny.onnx"), "--tune-trials", "6", "--tuning-db", str(tmp_path / "db"),
+            "--rpc-tracker", tracker, "--rpc-key", rpc_device.key, "--verify", "rpc", "--out", str(tmp_path / "out")]
+    assert compile_main(args) == 0
+    captured = capsys.readouterr()
+    assert "tuning" in captured.err and "trial" in captured.err  # the progress bar
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    tuning, verification = report["tuning"], report["verification"]
+    assert tuning["tasks_tuned"] == tuning["tasks"] > 0 and tuning["measured_on"] == f"RPC device {rpc_device}"
+    assert tuning["tuned_matches_untuned"]
+    assert verification["passed"] and verification["ran_on"] == f"RPC device {rpc_device}"
+    assert 0 < verification["latency_ms"]["min"] <= verification["latency_ms"]["median"]
+    records = [json.loads(line) for line in open(tmp_path / "db" / "database_tuning_record.json")]
+    assert records, "tuning over RPC stored no measured record"
+
+
+def test_unknown_device_key_is_one_line(rpc_device):
+    with pytest.raises(RebirthError, match="no device with key 'no-such-board' is registered"):
+        RpcDevice(rpc_device.tracker_host, rpc_device.tracker_port, "no-such-board").session()
+
+
+def test_unreachable_tracker_is_one_line():
+    with pytest.raises(RebirthError, match="cannot reach the RPC tracker at 127.0.0.1:"):
+        RpcDevice("127.0.0.1", _free_port(), "k").session()
