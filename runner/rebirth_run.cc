@@ -253,7 +253,14 @@ std::string Explain(const ffi::Error& err) {
   return err.kind() + ": " + message;
 }
 
+// This process's peak resident memory. VmHWM belongs to this program's address space;
+// getrusage's ru_maxrss is not used where VmHWM exists because Linux carries it over exec, so a
+// runner started from a big process (Python) would report its parent's peak.
 double PeakRssBytes() {
+  std::ifstream status("/proc/self/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::strtod(line.c_str() + 6, nullptr) * 1024.0;  // kB
+  }
   struct rusage usage;
   getrusage(RUSAGE_SELF, &usage);
   return static_cast<double>(usage.ru_maxrss) * 1024.0;  // Linux reports KiB
@@ -267,6 +274,7 @@ int Run(const Options& options) {
   std::vector<ffi::Tensor> inputs;
   for (const std::string& path : options.inputs) inputs.push_back(ReadNpy(path));
 
+  double rss_before_model = PeakRssBytes();  // the runner, the runtime and the inputs
   auto load_start = std::chrono::steady_clock::now();
   ffi::Module library = ffi::Module::LoadFromFile(options.model);
   auto load_executable = library->GetFunction("vm_load_executable");
@@ -313,8 +321,8 @@ int Run(const Options& options) {
   double rss = PeakRssBytes();
   if (options.json) {
     std::printf("{\"load_ms\": %.4f, \"latency_ms\": {\"min\": %.4f, \"median\": %.4f, \"max\": %.4f}, \"runs\": %zu, "
-                "\"warmup\": %d, \"peak_rss_bytes\": %.0f, \"outputs\": [",
-                load_ms, times.front(), median, times.back(), times.size(), options.warmup, rss);
+                "\"warmup\": %d, \"peak_rss_bytes\": %.0f, \"peak_rss_increase_bytes\": %.0f, \"outputs\": [",
+                load_ms, times.front(), median, times.back(), times.size(), options.warmup, rss, rss - rss_before_model);
     for (size_t i = 0; i < outputs.size(); ++i) {
       std::printf("%s{\"shape\": \"%s\", \"dtype\": \"%s\"}", i ? ", " : "", ShapeText(outputs[i]).c_str(),
                   DTypeName(outputs[i].dtype()).c_str());
@@ -328,7 +336,8 @@ int Run(const Options& options) {
     std::printf("load: %.2f ms\n", load_ms);
     std::printf("latency: min %.3f ms, median %.3f ms, max %.3f ms (%zu runs after %d warm-up)\n", times.front(), median,
                 times.back(), times.size(), options.warmup);
-    std::printf("peak RSS: %.1f MiB\n", rss / (1024.0 * 1024.0));
+    std::printf("peak RSS: %.1f MiB (%.1f MiB for the model: load and runs)\n", rss / (1024.0 * 1024.0),
+                (rss - rss_before_model) / (1024.0 * 1024.0));
   }
   return 0;
 }

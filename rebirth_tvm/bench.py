@@ -1,0 +1,217 @@
+"""``python -m rebirth_tvm.bench``: original vs exact vs reborn, side by side, on one machine.
+
+For each model it builds three TVM variants with the *same* tuning budget (each its own tuning
+database, so none inherits another's trials):
+
+* ``original``: the imported model, no passes;
+* ``exact``: the exact passes (BN folds, sibling-conv merges);
+* ``reborn``: exact passes + the relearned merges (``--rebirth``), from real calibration photos;
+
+and two onnxruntime sessions (full graph optimisations, as a user would run it): the original
+ONNX and the reborn model exported to ONNX. All five are timed round-robin in one process
+(:func:`rebirth_tvm.measure.interleaved_latency`). Then, per TVM variant: the time per op
+category, planned memory, peak RSS of the native runner, FLOPs and GFLOP/s against this machine's
+measured matmul peak. Results go to ``benchmarks/results/<target>/``: one JSON per model,
+``report.md`` and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+
+import numpy as np
+import tvm
+
+from . import measure
+from .errors import RebirthError
+
+DEFAULT_MODELS = "googlenet,alexnet,resnet18,squeezenet1_1"
+ALIASES = {"squeezenet": "squeezenet1_0"}
+TVM_VARIANTS = ("original", "exact", "reborn")
+ORT_VARIANTS = ("ort_original", "ort_reborn")
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+
+
+def photo_calibration(count: int, seed: int = 0) -> str:
+    """A folder of ``count`` 300×300 crops of the photos scikit-learn ships (real images)."""
+    try:
+        from sklearn.datasets import load_sample_images
+    except ImportError:
+        raise RebirthError("--calib photos needs scikit-learn (pip install scikit-learn), or give --calib DIR") from None
+    from PIL import Image
+
+    folder = tempfile.mkdtemp(prefix="rebirth-photos-")
+    photos = load_sample_images().images
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        photo = photos[i % len(photos)]
+        top, left = rng.integers(0, photo.shape[0] - 300), rng.integers(0, photo.shape[1] - 300)
+        Image.fromarray(photo[top:top + 300, left:left + 300]).save(os.path.join(folder, f"photo{i:04d}.jpg"))
+    return folder
+
+
+def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_db: str, calib, calib_count: int | None,
+                repeats: int, rebirth: bool = True, log=print) -> dict:
+    """Build, time and measure every variant of one zoo model; returns its result dict."""
+    from .build import build, build_tuned
+    from .export_onnx import to_onnx
+    from .models import MODELS
+    from .native import run_library
+    from .onnx_import import graph_inputs, import_onnx, random_inputs, read_onnx
+    from .pipeline import RebirthOptions, apply_passes, compile_model
+    from .targets import describe, is_cuda
+
+    if name not in MODELS:
+        raise RebirthError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    onnx_model = read_onnx(name)
+    specs = graph_inputs(onnx_model, None)
+    inputs = random_inputs(specs, 0)
+    input_list = [inputs[s.name] for s in specs]
+    modules = {"original": import_onnx(onnx_model, specs)}
+    modules["exact"], _ = apply_passes(modules["original"], "exact")
+    result = {"model": name, "input_shape": list(specs[0].shape), "variants": {}}
+    if rebirth:
+        log(f"[{name}] relearning the reborn variant ...")
+        reborn = compile_model(name, target="x86", rebirth=RebirthOptions(calib=calib, calib_count=calib_count))
+        modules["reborn"] = reborn.module
+        sites = reborn.report["sites"]
+        result["rebirth"] = {
+            "fidelity": {k: v for k, v in reborn.report["fidelity"].items() if k != "built"},
+            "relearned_sites": sum(1 for s in sites if s["status"] == "rewritten" and not s["exact"]),
+            "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
+            "ops_before": reborn.report["ops_before"], "ops_after": reborn.report["ops_after"],
+        }
+
+    executables, tuning = {}, {}
+    for variant, module in modules.items():
+        log(f"[{name}] building {variant}" + (f" with {tune_trials} tuning trials" if tune_trials else " (untuned)"))
+        if tune_trials:
+            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, describe(target)["kind"], f"{name}-{variant}"))
+            tuning[variant] = info
+        else:
+            built = build(module, target)
+        executables[variant] = built
+
+    device = tvm.cuda(0) if is_cuda(target) else tvm.cpu()
+    variants = [measure.tvm_variant(v, executables[v].executable, input_list, device) for v in modules]
+    if not is_cuda(target):
+        variants.append(measure.onnxruntime_variant("ort_original", onnx_model, inputs))
+        if "reborn" in modules:
+            reborn_onnx = to_onnx(modules["reborn"], name=name)
+            reborn_inputs = {i.name: x for i, x in zip(reborn_onnx.graph.input, input_list)}
+            variants.append(measure.onnxruntime_variant("ort_reborn", reborn_onnx, reborn_inputs))
+    log(f"[{name}] timing {len(variants)} variants round-robin, {repeats} repetitions ...")
+    latency = measure.interleaved_latency(variants, repeats=repeats)
+
+    for variant, module in modules.items():
+        entry = {"latency_ms": latency[variant], "flops": measure.flops(module)}
+        entry.update(measure.planned_memory(module, target))
+        entry["gflops_per_second"] = entry["flops"] / (latency[variant]["median"] * 1e-3) / 1e9
+        if not is_cuda(target):
+            entry["breakdown"] = measure.time_breakdown(executables[variant].executable, input_list, device=device)
+            try:
+                with tempfile.TemporaryDirectory() as work:
+                    library = os.path.join(work, "model.so")
+                    executables[variant].export(library)
+                    _, stats = run_library(library, input_list, arch="host", warmup=1, repeat=3)
+                entry["peak_rss_bytes"] = stats["peak_rss_bytes"]
+                entry["peak_rss_increase_bytes"] = stats["peak_rss_increase_bytes"]
+            except RebirthError as err:  # no cmake: say so rather than guess
+                entry["peak_rss_bytes"] = None
+                entry["peak_rss_note"] = f"not measured: {err}"
+        if variant in tuning:
+            entry["tuning"] = tuning[variant]
+        result["variants"][variant] = entry
+    for variant in ORT_VARIANTS:
+        if variant in latency:
+            result["variants"][variant] = {"latency_ms": latency[variant]}
+
+    def ratio(a, b):
+        return latency[a]["median"] / latency[b]["median"] if a in latency and b in latency else None
+
+    for variant, entry in result["variants"].items():
+        entry["ratio_vs_original"] = ratio("original", variant)
+    result["ratios"] = {
+        "original_over_exact": ratio("original", "exact"),
+        "original_over_reborn": ratio("original", "reborn"),
+        "ort_original_over_tvm_reborn": ratio("ort_original", "reborn"),
+        "ort_original_over_tvm_original": ratio("ort_original", "original"),
+        "ort_original_over_ort_reborn": ratio("ort_original", "ort_reborn"),
+    }
+    if "reborn" in result["variants"]:
+        before, after = result["variants"]["original"], result["variants"]["reborn"]
+        result["ratios"]["planned_activation_original_over_reborn"] = before["planned_activation_bytes"] / after["planned_activation_bytes"]
+    return result
+
+
+def environment(target, tune_trials: int) -> dict:
+    import importlib.metadata as md
+
+    versions = {}
+    for package in ("apache-tvm", "apache-tvm-ffi", "onnxruntime", "numpy"):
+        try:
+            versions[package] = md.version(package)
+        except md.PackageNotFoundError:
+            versions[package] = None
+    from .targets import describe
+
+    return {"cpu": measure.cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(), "target": describe(target),
+            "tune_trials": tune_trials, "versions": versions, "date": datetime.date.today().isoformat(),
+            "matmul_peak": measure.matmul_peak_gflops()}
+
+
+def main(argv=None) -> int:
+    from . import bench_report
+    from .targets import resolve_target
+
+    parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated zoo models (default {DEFAULT_MODELS}; 'squeezenet' is squeezenet1_0)")
+    parser.add_argument("--target", default="x86", help="x86 (measured here), cuda (needs a GPU here) or arm (needs --rpc-tracker)")
+    parser.add_argument("--cpu", default=None)
+    parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per variant (the same budget for each; default 0: untuned)")
+    parser.add_argument("--tuning-db", default=os.path.join("build", "bench-tuning-db"), help="tuning databases, one per model and variant, reused across runs")
+    parser.add_argument("--calib", default="photos", help="calibration for the reborn variant: 'photos' (crops of scikit-learn's sample photos, default), a folder of images, or 'random'")
+    parser.add_argument("--calib-count", type=int, default=100, help="calibration images (default 100; a fifth is held out)")
+    parser.add_argument("--repeats", type=int, default=30, help="round-robin repetitions (default 30)")
+    parser.add_argument("--skip-rebirth", action="store_true", help="time original and exact only")
+    parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results); files go to OUT/<target>/")
+    args = parser.parse_args(argv)
+    try:
+        target = resolve_target(args.target, args.cpu)
+        from .targets import runs_here
+
+        if not runs_here(target):
+            raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU here, or a board over RPC); "
+                               "emulated or estimated numbers are never reported as measured")
+        models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
+        calib = photo_calibration(args.calib_count) if args.calib == "photos" and not args.skip_rebirth else args.calib
+        label = "x86" if args.target == "x86" else args.target
+        out_dir = os.path.join(args.out, label)
+        env = environment(target, args.tune_trials)
+        results = []
+        for name in models:
+            start = time.perf_counter()
+            result = bench_model(name, target, args.tune_trials, args.tuning_db, calib, args.calib_count, args.repeats,
+                                 rebirth=not args.skip_rebirth, log=lambda m: print(m, file=sys.stderr, flush=True))
+            result["environment"] = env
+            result["seconds"] = round(time.perf_counter() - start, 1)
+            results.append(result)
+            bench_report.write_model(result, out_dir)  # each model as soon as it is done
+            print(bench_report.model_line(result), flush=True)
+        bench_report.write_summary(out_dir, env)
+        print(f"wrote {out_dir}/report.md and plots")
+    except RebirthError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

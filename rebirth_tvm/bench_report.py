@@ -1,0 +1,207 @@
+"""Benchmark results → ``<model>.json``, ``report.md`` and PNG plots (one job: presenting).
+
+``report.md`` is rebuilt from every ``*.json`` in the target's results folder, so models measured
+in separate runs end up in one table. The cross-processor table reads the sibling folders
+(``x86/``, ``arm/``, ``cuda/``) and says "not measured" where a folder has no results: an
+estimate never goes in a measured column.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from .measure import CATEGORIES
+
+VARIANT_LABELS = {"original": "TVM original", "exact": "TVM exact", "reborn": "TVM reborn",
+                  "ort_original": "ORT original", "ort_reborn": "ORT reborn"}
+TARGET_FOLDERS = {"x86": "x86 (this machine)", "arm": "ARM (aarch64)", "cuda": "CUDA GPU"}
+NOT_MEASURED = {"arm": "not measured: no board was given (--rpc-tracker); qemu timings are not device speed",
+                "cuda": "not measured: no GPU was available to these runs"}
+
+
+def write_model(result: dict, out_dir: str) -> str:
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{result['model']}.json")
+    temporary = path + ".part"
+    with open(temporary, "w") as f:
+        json.dump(result, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(temporary, path)
+    return path
+
+
+def load_results(out_dir: str) -> list[dict]:
+    if not os.path.isdir(out_dir):
+        return []
+    results = []
+    for name in sorted(os.listdir(out_dir)):
+        if name.endswith(".json"):
+            with open(os.path.join(out_dir, name)) as f:
+                results.append(json.load(f))
+    return results
+
+
+def _ms(entry) -> str:
+    if not entry:
+        return "—"
+    lat = entry["latency_ms"]
+    return f"{lat['median']:.2f} ({lat['p10']:.2f}–{lat['p90']:.2f})"
+
+
+def _x(value) -> str:
+    return "—" if value is None else f"{value:.2f}×"
+
+
+def _mib(value) -> str:
+    return "—" if value is None else f"{value / 2**20:.1f}"
+
+
+def model_line(result: dict) -> str:
+    r = result["ratios"]
+    v = result["variants"]
+    parts = [f"{result['model']}: original {v['original']['latency_ms']['median']:.2f} ms",
+             f"exact {v['exact']['latency_ms']['median']:.2f} ms ({_x(r['original_over_exact'])})"]
+    if "reborn" in v:
+        parts.append(f"reborn {v['reborn']['latency_ms']['median']:.2f} ms ({_x(r['original_over_reborn'])})")
+    if "ort_original" in v:
+        parts.append(f"ORT original {v['ort_original']['latency_ms']['median']:.2f} ms")
+    return ", ".join(parts)
+
+
+def markdown(results: list[dict], env: dict, plots: list[str]) -> str:
+    lines = [
+        f"# Benchmark: original vs exact vs reborn ({env['target'].get('kind')}, {env['cpu']}, {env['cores']} cores)",
+        "",
+        f"Measured {env['date']} with `python -m rebirth_tvm.bench`. TVM variants of a model get the same MetaSchedule budget, "
+        "each in its own database (the table gives it per model; *untuned* means TVM's default schedules, typically many "
+        "times slower than tuned code, so untuned ratios say little about tuned speed)."
+        " onnxruntime: full graph optimisations, all cores. Latency: median (p10–p90) in ms over round-robin samples in one process.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}. fp32 matmul ceiling: "
+        f"{env['matmul_peak']['gflops']:.0f} GFLOP/s ({env['matmul_peak']['method']}, {env['matmul_peak']['blas']}).",
+        "",
+        "## Latency",
+        "",
+        "| model | tuning trials per TVM variant | TVM original | TVM exact | TVM reborn | ORT original | ORT reborn | original ÷ exact | original ÷ reborn | ORT original ÷ TVM reborn | ORT original ÷ ORT reborn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        v, q = r["variants"], r["ratios"]
+        lines.append(f"| {r['model']} | {r['environment']['tune_trials'] or 'untuned'} | {_ms(v.get('original'))} | {_ms(v.get('exact'))} | {_ms(v.get('reborn'))} | "
+                     f"{_ms(v.get('ort_original'))} | {_ms(v.get('ort_reborn'))} | {_x(q['original_over_exact'])} | "
+                     f"{_x(q['original_over_reborn'])} | {_x(q['ort_original_over_tvm_reborn'])} | {_x(q['ort_original_over_ort_reborn'])} |")
+    lines += ["", "## Time per op category (share of kernel time, one inference)", "",
+              "| model | variant | " + " | ".join(c for c in CATEGORIES if c != "vm") + " | non-tensor share | kernels ms |",
+              "|---|---|" + "---|" * (len(CATEGORIES) - 1) + "---|---|"]
+    for r in results:
+        for variant in ("original", "exact", "reborn"):
+            b = r["variants"].get(variant, {}).get("breakdown")
+            if b:
+                lines.append(f"| {r['model']} | {variant} | " + " | ".join(f"{b['share'][c]:.1%}" for c in CATEGORIES if c != "vm")
+                             + f" | **{b['non_tensor_share']:.1%}** | {b['kernel_ms']:.2f} |")
+    lines += ["", "## Memory and compute", "",
+              "| model | variant | weights MiB | planned activations MiB | peak RSS MiB (model's share) | GFLOPs | GFLOP/s | % of matmul ceiling |",
+              "|---|---|---|---|---|---|---|---|"]
+    peak = env["matmul_peak"]["gflops"]
+    for r in results:
+        for variant in ("original", "exact", "reborn"):
+            e = r["variants"].get(variant)
+            if e:
+                rss = f"{_mib(e.get('peak_rss_bytes'))} ({_mib(e.get('peak_rss_increase_bytes'))})"
+                lines.append(f"| {r['model']} | {variant} | {_mib(e['weight_bytes'])} | {_mib(e['planned_activation_bytes'])} | {rss} | "
+                             f"{e['flops'] / 1e9:.2f} | {e['gflops_per_second']:.1f} | {e['gflops_per_second'] / peak:.1%} |")
+    reborn = [r for r in results if "rebirth" in r]
+    if reborn:
+        lines += ["", "## Reborn models: what was relearned and how close it stays", "",
+                  "| model | relearned sites | refused | top-1 agreement | top-5 | relative logit error | calibration | relearn s |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in reborn:
+            f = r["rebirth"]["fidelity"]
+            lines.append(f"| {r['model']} | {r['rebirth']['relearned_sites']} | {r['rebirth']['refused_sites']} | "
+                         f"{f.get('top1_agreement', float('nan')):.1%} | {f.get('top5_agreement', float('nan')):.1%} | "
+                         f"{f.get('relative_logit_error', float('nan')):.3g} | {f['calibration']} | {f['relearn_seconds']} |")
+    lines += ["", "## Cross-processor", "", "| processor | status |", "|---|---|"]
+    parent = os.path.dirname(env.get("_out_dir", "")) if env.get("_out_dir") else None
+    for folder, label in TARGET_FOLDERS.items():
+        measured = load_results(os.path.join(parent, folder)) if parent else []
+        if measured:
+            lines.append(f"| {label} | measured: " + "; ".join(model_line(m) for m in measured) + " |")
+        else:
+            lines.append(f"| {label} | {NOT_MEASURED.get(folder, 'not measured')} |")
+    if plots:
+        lines += ["", "## Plots", ""] + [f"![{os.path.splitext(p)[0]}]({p})" for p in plots]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: list[dict], out_dir: str) -> list[str]:
+    """latency.png, breakdown.png, memory.png; returns their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    files = []
+    models = [r["model"] for r in results]
+    variants = [v for v in VARIANT_LABELS if any(v in r["variants"] for r in results)]
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 2), 4))
+    width = 0.8 / len(variants)
+    for i, variant in enumerate(variants):
+        medians = [r["variants"].get(variant, {}).get("latency_ms", {}).get("median", np.nan) for r in results]
+        low = [m - r["variants"].get(variant, {}).get("latency_ms", {}).get("p10", m) for m, r in zip(medians, results)]
+        high = [r["variants"].get(variant, {}).get("latency_ms", {}).get("p90", m) - m for m, r in zip(medians, results)]
+        ax.bar(np.arange(len(models)) + i * width, medians, width, yerr=[low, high], label=VARIANT_LABELS[variant], capsize=2)
+    ax.set_xticks(np.arange(len(models)) + width * (len(variants) - 1) / 2, models)
+    ax.set_ylabel("latency, ms (median, p10–p90)")
+    ax.set_yscale("log")
+    ax.set_title("Latency per model and variant")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "latency.png"), dpi=110)
+    plt.close(fig)
+    files.append("latency.png")
+
+    rows = [(r["model"], v, r["variants"][v]["breakdown"]) for r in results for v in ("original", "reborn")
+            if "breakdown" in r["variants"].get(v, {})]
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+        bottom = np.zeros(len(rows))
+        for category in [c for c in CATEGORIES if c != "vm"]:
+            values = np.array([b["ms"][category] for _, _, b in rows])
+            ax.bar(range(len(rows)), values, bottom=bottom, label=category)
+            bottom += values
+        ax.set_xticks(range(len(rows)), [f"{m}\n{v}" for m, v, _ in rows], fontsize=8)
+        ax.set_ylabel("kernel time, ms (one inference)")
+        ax.set_title("Time per op category, before and after rebirth")
+        ax.legend(fontsize=7, ncol=3)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "breakdown.png"), dpi=110)
+        plt.close(fig)
+        files.append("breakdown.png")
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 2), 4))
+    tvm_variants = [v for v in ("original", "exact", "reborn") if any(v in r["variants"] for r in results)]
+    width = 0.8 / len(tvm_variants)
+    for i, variant in enumerate(tvm_variants):
+        values = [r["variants"].get(variant, {}).get("planned_activation_bytes", np.nan) / 2**20 for r in results]
+        ax.bar(np.arange(len(models)) + i * width, values, width, label=VARIANT_LABELS[variant])
+    ax.set_xticks(np.arange(len(models)) + width * (len(tvm_variants) - 1) / 2, models)
+    ax.set_ylabel("planned activation memory, MiB")
+    ax.set_title("Run-time activation memory (StaticPlanBlockMemory, fused)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "memory.png"), dpi=110)
+    plt.close(fig)
+    files.append("memory.png")
+    return files
+
+
+def write_summary(out_dir: str, env: dict) -> str:
+    results = load_results(out_dir)
+    plots = plot(results, out_dir) if results else []
+    env = dict(results[-1]["environment"] if results else env, _out_dir=out_dir)
+    path = os.path.join(out_dir, "report.md")
+    with open(path + ".part", "w") as f:
+        f.write(markdown(results, env, plots))
+    os.replace(path + ".part", path)
+    return path
