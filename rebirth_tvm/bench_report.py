@@ -152,32 +152,26 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
         high = [r["variants"].get(variant, {}).get("latency_ms", {}).get("p90", m) - m for m, r in zip(medians, results)]
         ax.bar(np.arange(len(models)) + i * width, medians, width, yerr=[low, high], label=VARIANT_LABELS[variant], capsize=2)
     ax.set_xticks(np.arange(len(models)) + width * (len(variants) - 1) / 2, models)
-    ax.set_ylabel("latency, ms (median, p10–p90)")
     ax.set_yscale("log")
-    ax.set_title("Latency per model and variant")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "latency.png"), dpi=110)
-    plt.close(fig)
-    files.append("latency.png")
+    files.append(_save(fig, ax, out_dir, "latency.png", "latency, ms (median, p10–p90)", "Latency per model and variant"))
 
     rows = [(r["model"], v, r["variants"][v]["breakdown"]) for r in results for v in ("original", "reborn")
             if "breakdown" in r["variants"].get(v, {})]
     if rows:
         fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(rows) + 2), 4))
+        # Shares, as in the paper's figure (models differ too much in ms to share an axis);
+        # the kernel time of each bar is written above it.
         bottom = np.zeros(len(rows))
         for category in [c for c in CATEGORIES if c != "vm"]:
-            values = np.array([b["ms"][category] for _, _, b in rows])
+            values = np.array([100 * b["share"][category] for _, _, b in rows])
             ax.bar(range(len(rows)), values, bottom=bottom, label=category)
             bottom += values
+        for i, (_, _, b) in enumerate(rows):
+            ax.text(i, 101, f"{b['kernel_ms']:.1f} ms\nnon-tensor {b['non_tensor_share']:.0%}", ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, 118)
         ax.set_xticks(range(len(rows)), [f"{m}\n{v}" for m, v, _ in rows], fontsize=8)
-        ax.set_ylabel("kernel time, ms (one inference)")
-        ax.set_title("Time per op category, before and after rebirth")
-        ax.legend(fontsize=7, ncol=3)
-        fig.tight_layout()
-        fig.savefig(os.path.join(out_dir, "breakdown.png"), dpi=110)
-        plt.close(fig)
-        files.append("breakdown.png")
+        files.append(_save(fig, ax, out_dir, "breakdown.png", "share of kernel time, % (one inference)",
+                           "Time per op category, before and after rebirth", outside=True))
 
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 2), 4))
     tvm_variants = [v for v in ("original", "exact", "reborn") if any(v in r["variants"] for r in results)]
@@ -186,14 +180,24 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
         values = [r["variants"].get(variant, {}).get("planned_activation_bytes", np.nan) / 2**20 for r in results]
         ax.bar(np.arange(len(models)) + i * width, values, width, label=VARIANT_LABELS[variant])
     ax.set_xticks(np.arange(len(models)) + width * (len(tvm_variants) - 1) / 2, models)
-    ax.set_ylabel("planned activation memory, MiB")
-    ax.set_title("Run-time activation memory (StaticPlanBlockMemory, fused)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(os.path.join(out_dir, "memory.png"), dpi=110)
-    plt.close(fig)
-    files.append("memory.png")
+    files.append(_save(fig, ax, out_dir, "memory.png", "planned activation memory, MiB",
+                       "Run-time activation memory (StaticPlanBlockMemory, fused)"))
     return files
+
+
+def _save(fig, ax, out_dir: str, name: str, ylabel: str, title: str, outside: bool = False) -> str:
+    import matplotlib.pyplot as plt
+
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if outside:
+        ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    else:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, name), dpi=110)
+    plt.close(fig)
+    return name
 
 
 def write_summary(out_dir: str, env: dict) -> str:
