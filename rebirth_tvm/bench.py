@@ -178,7 +178,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per variant (the same budget for each; default 0: untuned)")
     parser.add_argument("--tuning-db", default=os.path.join("build", "bench-tuning-db"), help="tuning databases, one per model and variant, reused across runs")
     parser.add_argument("--calib", default="photos", help="calibration for the reborn variant: 'photos' (crops of scikit-learn's sample photos, default), a folder of images, or 'random'")
-    parser.add_argument("--calib-count", type=int, default=100, help="calibration images (default 100; a fifth is held out)")
+    parser.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128: GoogLeNet's deepest merges need about 100; a fifth is held out)")
     parser.add_argument("--repeats", type=int, default=30, help="round-robin repetitions (default 30)")
     parser.add_argument("--skip-rebirth", action="store_true", help="time original and exact only")
     parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results); files go to OUT/<target>/")

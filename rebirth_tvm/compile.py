@@ -124,6 +124,10 @@ def main(argv=None) -> int:
             raise RebirthError("--calib is only used with --rebirth")
         if args.rpc_key and not args.rpc_tracker:
             raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
+        if args.rpc_tracker and not args.tune_trials and args.verify != "rpc":
+            raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N) and --verify rpc; neither was asked for")
+        if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
+            raise RebirthError(f"--max-trials-per-task must be 1 or more, got {args.max_trials_per_task}")
         result = compile_model(
             args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
             cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,

@@ -54,17 +54,22 @@ def emulator(arch: str) -> list[str]:
     return [qemu, "-L", AARCH64_SYSROOT]
 
 
-def _require_tools(arch: str) -> None:
+def _require_sources() -> None:
+    missing = [f for f in RUNNER_FILES if not os.path.exists(os.path.join(SOURCE_ROOT, f))]
+    if missing:
+        raise RebirthError(f"the runner's sources ({', '.join(missing)}) are not beside this package: "
+                           "build it from a clone of rebirth-tvm (pip install -e .)")
+
+
+def require_tools(arch: str) -> None:
+    """cmake and the C++ compiler for ``arch``, named by Debian package when missing."""
+    _require_sources()
     if shutil.which("cmake") is None:
         raise RebirthError("cmake not found: install the Debian package cmake to build the native runner")
     compiler = "aarch64-linux-gnu-g++" if arch == "aarch64" else "g++"
     if shutil.which(compiler) is None:
         package = "g++-aarch64-linux-gnu" if arch == "aarch64" else "g++"
         raise RebirthError(f"{compiler} not found: install the Debian package {package} to build the native runner")
-    missing = [f for f in RUNNER_FILES if not os.path.exists(os.path.join(SOURCE_ROOT, f))]
-    if missing:
-        raise RebirthError(f"the runner's sources ({', '.join(missing)}) are not beside this package: "
-                           "build it from a clone of rebirth-tvm (pip install -e .)")
 
 
 def _build_key(arch: str) -> str:
@@ -82,11 +87,12 @@ def build_runner(arch: str = "host", quiet: bool = True) -> str:
     The build lives in the user cache, keyed by the runner's sources and the TVM versions, so it
     is made once. Its directory is a relocatable bundle: the runner and the two libraries.
     """
-    _require_tools(arch)
+    _require_sources()
     build_dir = os.path.join(cache_dir(), "runner", _build_key(arch))
     runner = os.path.join(build_dir, "rebirth-run")
     if os.path.exists(runner):
         return runner
+    require_tools(arch)
     libs = libs_for(arch, quiet=quiet)  # downloads the aarch64 wheels once
     os.makedirs(os.path.dirname(build_dir), exist_ok=True)
     # Built aside and moved in whole: a build that fails half-way is never taken for a runner.
@@ -100,11 +106,14 @@ def build_runner(arch: str = "host", quiet: bool = True) -> str:
         for step in (configure, ["cmake", "--build", staging, "-j", str(os.cpu_count() or 1)]):
             done = subprocess.run(step, capture_output=True, text=True)
             if done.returncode != 0:
-                detail = [line for line in (done.stdout + done.stderr).splitlines() if "error" in line.lower()][:1]
-                raise RebirthError(f"building the {arch} runner failed: {(detail or ['see cmake output'])[0].strip()}")
-        if os.path.exists(build_dir):
-            shutil.rmtree(build_dir)
-        os.replace(staging, build_dir)
+                lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+                at = next((i for i, line in enumerate(lines) if "error" in line.lower()), max(len(lines) - 2, 0))
+                raise RebirthError(f"building the {arch} runner failed: {' '.join(lines[at:at + 2])[:400]}")
+        try:
+            os.replace(staging, build_dir)
+        except OSError:
+            if not os.path.exists(runner):  # else another process built it meanwhile: use theirs
+                raise RebirthError(f"cannot move the built runner to {build_dir}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return runner
@@ -133,14 +142,17 @@ def run_library(library: str, inputs, arch: str = "host", warmup: int = 1, repea
         command = prefix + [runner, os.path.abspath(library)]
         for i, array in enumerate(inputs):
             path = os.path.join(work, f"input_{i}.npy")
-            np.save(path, np.ascontiguousarray(array))
+            np.save(path, np.require(array, requirements="C"))
             command += ["--input", path]
         command += ["--output", os.path.join(work, "out.npy"), "--warmup", str(warmup), "--repeat", str(repeat), "--json"]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:
             message = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
             raise RebirthError(f"rebirth-run ({arch}) failed on {os.path.basename(library)}: {message.removeprefix('error: ')}")
-        stats = json.loads(done.stdout.strip().splitlines()[-1])
+        try:
+            stats = json.loads(done.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise RebirthError(f"rebirth-run ({arch}) printed no result for {os.path.basename(library)}") from None
         count = len(stats["outputs"])
         names = ["out.npy"] if count == 1 else [f"out_{i}.npy" for i in range(count)]
         outputs = [np.load(os.path.join(work, name)) for name in names]

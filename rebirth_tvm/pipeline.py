@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -168,6 +169,10 @@ def compile_model(
         require_tunable(tvm_target, rpc)  # before any heavy work
     if verify:
         _check_verify_method(verify, tvm_target, rpc)
+    if runner or verify in ("qemu", "native"):
+        from .native import arch_of, require_tools
+
+        require_tools(arch_of(tvm_target))  # cmake and the compiler, named by Debian package
     original = import_onnx(onnx_model, specs)
     rewritten, sites = apply_passes(original, passes, allow_kernel_padding, merge_parallel)
     built = build(rewritten, tvm_target)
@@ -239,7 +244,10 @@ def compile_model(
         "compile_seconds": round(built.compile_seconds, 3),
         "versions": {"tvm": tvm.__version__},
     })
-    return CompileResult(rewritten, built, report, sites, library=library, runner=runner_path)
+    result = CompileResult(rewritten, built, report, sites, library=library, runner=runner_path)
+    if library:
+        weakref.finalize(result, shutil.rmtree, os.path.dirname(library), True)
+    return result
 
 
 def _check_verify_method(method: str, target, rpc) -> None:
@@ -254,8 +262,9 @@ def _check_verify_method(method: str, target, rpc) -> None:
         from .native import emulator
 
         emulator("aarch64")  # names the Debian package if qemu is missing
-    if method == "native" and not runs_here(target):
-        raise RebirthError(f"--verify native runs builds for this machine; a {target.kind.name} build needs --verify qemu or rpc")
+    if method == "native" and (is_cuda(target) or not runs_here(target)):
+        other = "--verify rpc (on a GPU machine)" if is_cuda(target) else "--verify qemu or rpc"
+        raise RebirthError(f"--verify native runs CPU builds for this machine; a build for {describe(target)} needs {other}")
     if method == "rpc" and rpc is None:
         raise RebirthError("--verify rpc needs --rpc-tracker HOST:PORT and --rpc-key KEY")
 
@@ -271,7 +280,7 @@ def _verify(method: str, built: BuiltModel, module, inputs, rpc):
 
     start = time.perf_counter()
     reference = host_build_for(built, module).run(inputs)
-    library = export_for_device(built)
+    library = export_for_device(built)  # in a temporary folder the CompileResult removes
     entry = {"method": method, "tolerance": VERIFY_TOLERANCE}
     if method == "rpc":
         outputs, timing = run_remote(library, inputs, rpc, built.target)

@@ -50,7 +50,9 @@ class RpcDevice:
             tracker = rpc.connect_tracker(self.tracker_host, self.tracker_port)
         except Exception as err:
             raise RebirthError(f"cannot reach the RPC tracker at {self.tracker_host}:{self.tracker_port}: {_first_line(err)}") from None
-        if self.key not in tracker.text_summary():
+        # Servers register as "server:KEY"; compare whole keys ("rk" must not match "rk3399").
+        keys = {str(server["key"]).split(":", 1)[-1] for server in tracker.summary().get("server_info", [])}
+        if self.key not in keys:
             raise RebirthError(f"no device with key {self.key!r} is registered at the tracker {self.tracker_host}:{self.tracker_port}")
         try:
             return tracker.request(self.key, session_timeout=self.session_timeout)

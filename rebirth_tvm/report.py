@@ -33,12 +33,16 @@ def output_difference(outputs, references) -> dict[str, float]:
     """
     outputs = outputs if isinstance(outputs, list) else [outputs]
     references = references if isinstance(references, list) else [references]
+    if len(outputs) != len(references):
+        raise AssertionError(f"{len(outputs)} outputs but the reference has {len(references)}")
     abs_diff, rel_diff = 0.0, 0.0
     for out, ref in zip(outputs, references):
         out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
         if out.shape != ref.shape:
             raise AssertionError(f"output shape {out.shape} differs from the reference's {ref.shape}")
         diff = float(np.max(np.abs(out - ref))) if out.size else 0.0
+        if not np.isfinite(diff):  # a NaN must fail every tolerance (max() would drop it)
+            diff = float("inf")
         abs_diff = max(abs_diff, diff)
         rel_diff = max(rel_diff, diff / max(float(np.max(np.abs(ref))), 1e-30))
     return {"max_abs_diff": abs_diff, "max_rel_diff": rel_diff}

@@ -86,7 +86,8 @@ def aarch64_libs(quiet: bool = False) -> RuntimeLibs:
         os.makedirs(target, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="rebirth-wheels-") as download:
             for name, member in _WHEEL_MEMBERS.items():
-                wheel = _download_aarch64_wheel(name, pinned[name], download, quiet)
+                # A folder per wheel: "apache-tvm-" is also the start of apache-tvm-ffi's name.
+                wheel = _download_aarch64_wheel(name, pinned[name], os.path.join(download, name), quiet)
                 _extract(wheel, member, paths[name])
     return RuntimeLibs("aarch64", include_dirs(), paths["apache-tvm"], paths["apache-tvm-ffi"])
 
@@ -109,7 +110,7 @@ def _download_aarch64_wheel(name: str, version: str, dest: str, quiet: bool) -> 
     if not quiet:
         print(f"downloading the aarch64 {name} {version} wheel for its runtime library ...", file=sys.stderr)
     done = subprocess.run(command, capture_output=True, text=True)
-    wheels = [f for f in os.listdir(dest) if f.endswith(".whl") and f.replace("_", "-").startswith(name + "-")]
+    wheels = [f for f in os.listdir(dest) if f.endswith(".whl")] if os.path.isdir(dest) else []
     if done.returncode != 0 or not wheels:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RebirthError(f"cannot download the aarch64 {name}=={version} wheel from PyPI ({last})")

@@ -17,9 +17,11 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <limits.h>
 #include <sys/resource.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -61,7 +63,8 @@ struct DType {
 const DType kDTypes[] = {
     {"f4", {kDLFloat, 32, 1}}, {"f2", {kDLFloat, 16, 1}}, {"f8", {kDLFloat, 64, 1}},
     {"i1", {kDLInt, 8, 1}},    {"i2", {kDLInt, 16, 1}},   {"i4", {kDLInt, 32, 1}},
-    {"i8", {kDLInt, 64, 1}},   {"u1", {kDLUInt, 8, 1}},   {"b1", {kDLBool, 8, 1}},
+    {"i8", {kDLInt, 64, 1}},   {"u1", {kDLUInt, 8, 1}},   {"u2", {kDLUInt, 16, 1}},
+    {"u4", {kDLUInt, 32, 1}},  {"u8", {kDLUInt, 64, 1}},  {"b1", {kDLBool, 8, 1}},
 };
 
 std::string DescrOf(DLDataType dtype) {
@@ -85,9 +88,11 @@ std::string HeaderField(const std::string& header, const std::string& key, const
   size_t at = header.find("'" + key + "'");
   if (at == std::string::npos) throw Failure(path + ": not a .npy file (no '" + key + "' in its header)");
   at = header.find(':', at);
-  size_t start = header.find_first_not_of(' ', at + 1);
-  size_t end = header[start] == '(' ? header.find(')', start) + 1 : header.find_first_of(",}", start);
-  return header.substr(start, end - start);
+  size_t start = at == std::string::npos ? at : header.find_first_not_of(' ', at + 1);
+  if (start == std::string::npos) throw Failure(path + ": bad .npy header");
+  size_t end = header[start] == '(' ? header.find(')', start) : header.find_first_of(",}", start);
+  if (end == std::string::npos) throw Failure(path + ": bad .npy header");
+  return header.substr(start, end - start + (header[start] == '(' ? 1 : 0));
 }
 
 ffi::Tensor ReadNpy(const std::string& path) {
@@ -99,6 +104,7 @@ ffi::Tensor ReadNpy(const std::string& path) {
   }
   uint32_t header_len = 0;
   unsigned char len_bytes[4] = {0, 0, 0, 0};
+  if (magic[6] < 1 || magic[6] > 3) throw Failure(path + ": .npy format version " + std::to_string(magic[6]) + " is not supported");
   int len_size = magic[6] == 1 ? 2 : 4;  // version 1.0 has a 2-byte header length, later 4
   if (!file.read(reinterpret_cast<char*>(len_bytes), len_size)) throw Failure(path + ": truncated .npy header");
   for (int i = len_size - 1; i >= 0; --i) header_len = header_len * 256 + len_bytes[i];
@@ -109,6 +115,7 @@ ffi::Tensor ReadNpy(const std::string& path) {
   if (HeaderField(header, "fortran_order", path) != "False") {
     throw Failure(path + ": Fortran-ordered arrays are not supported; save with np.ascontiguousarray");
   }
+  if (descr.size() < 2) throw Failure(path + ": bad .npy header");
   descr = descr.substr(1, descr.size() - 2);  // drop the quotes
   if (descr.size() != 3 || descr[0] == '>') {
     throw Failure(path + ": dtype " + descr + " is not supported (little-endian numeric types only)");
@@ -121,9 +128,14 @@ ffi::Tensor ReadNpy(const std::string& path) {
 
   std::vector<int64_t> shape;
   std::string dims = HeaderField(header, "shape", path);
+  if (dims.size() < 2 || dims.front() != '(') throw Failure(path + ": bad .npy header (shape " + dims + ")");
   std::stringstream stream(dims.substr(1, dims.size() - 2));
   for (std::string item; std::getline(stream, item, ',');) {
-    if (item.find_first_not_of(' ') != std::string::npos) shape.push_back(std::stoll(item));
+    if (item.find_first_not_of(' ') == std::string::npos) continue;
+    char* end = nullptr;
+    long long dim = std::strtoll(item.c_str(), &end, 10);
+    if (end == item.c_str() || dim < 0) throw Failure(path + ": bad .npy header (shape " + dims + ")");
+    shape.push_back(dim);
   }
   ffi::Tensor tensor = ffi::Tensor::FromNDAlloc(AlignedAlloc(), ffi::Shape(shape), dtype->dl, DLDevice{kDLCPU, 0});
   size_t bytes = ffi::GetDataSize(static_cast<size_t>(tensor.numel()), tensor.dtype());
@@ -148,6 +160,11 @@ void WriteNpy(const std::string& path, const ffi::Tensor& tensor) {
   {
     std::ofstream file(temporary, std::ios::binary);
     if (!file) throw Failure("cannot write " + path + ": " + std::strerror(errno));
+    auto fail = [&]() {
+      file.close();
+      std::remove(temporary.c_str());
+      throw Failure("cannot write " + path + " (disk full?)");
+    };
     uint16_t len = static_cast<uint16_t>(header.size());
     const unsigned char prefix[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0,
                                       static_cast<unsigned char>(len & 0xff), static_cast<unsigned char>(len >> 8)};
@@ -155,7 +172,8 @@ void WriteNpy(const std::string& path, const ffi::Tensor& tensor) {
     file << header;
     file.write(static_cast<const char*>(tensor.data_ptr()) + tensor.byte_offset(),
                static_cast<std::streamsize>(ffi::GetDataSize(static_cast<size_t>(tensor.numel()), tensor.dtype())));
-    if (!file) throw Failure("cannot write " + path);
+    file.close();  // flushes: a full disk shows here
+    if (!file) fail();
   }
   if (std::rename(temporary.c_str(), path.c_str()) != 0) throw Failure("cannot write " + path + ": " + std::strerror(errno));
 }
@@ -234,8 +252,11 @@ std::string ShapeText(const ffi::Tensor& t) {
 
 // The first line of a TVM error message (the rest is a backtrace-like context).
 std::string FirstLine(const std::string& text) {
-  std::string line = text.substr(0, text.find('\n'));
-  return line.empty() ? text : line;
+  std::stringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.find_first_not_of(" \t") != std::string::npos) return line;
+  }
+  return "unknown error";
 }
 
 // TVM's checks read "Check failed: <C++ condition> : <what is wrong>"; a user needs the second part.
@@ -276,7 +297,11 @@ int Run(const Options& options) {
 
   double rss_before_model = PeakRssBytes();  // the runner, the runtime and the inputs
   auto load_start = std::chrono::steady_clock::now();
-  ffi::Module library = ffi::Module::LoadFromFile(options.model);
+  // dlopen searches the library path for a name without '/', not the current directory:
+  // always hand it the absolute path of the file checked above.
+  char resolved[PATH_MAX];
+  if (realpath(options.model.c_str(), resolved) == nullptr) throw Failure("cannot open model " + options.model + ": " + std::strerror(errno));
+  ffi::Module library = ffi::Module::LoadFromFile(resolved);
   auto load_executable = library->GetFunction("vm_load_executable");
   if (!load_executable.has_value()) {
     throw Failure(options.model + " is not a Relax VM executable (export it with rebirth-tvm or tvm.compile + export_library)");
@@ -284,7 +309,9 @@ int Run(const Options& options) {
   ffi::Module vm = (*load_executable)().cast<ffi::Module>();
   // (device type, device id, allocator): the pooled allocator reuses buffers across runs.
   vm->GetFunction("vm_initialization").value()(static_cast<int>(kDLCPU), 0, 2);
-  ffi::Function main_function = vm->GetFunction("main").value();
+  auto main_lookup = vm->GetFunction("main");
+  if (!main_lookup.has_value()) throw Failure(options.model + " has no function 'main'");
+  ffi::Function main_function = *main_lookup;
   double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - load_start).count();
 
   std::vector<ffi::AnyView> args(inputs.begin(), inputs.end());
@@ -294,9 +321,13 @@ int Run(const Options& options) {
     return result;
   };
   ffi::Any result;
-  for (int i = 0; i < options.warmup; ++i) result = call();  // the first run also checks the inputs
+  for (int i = 0; i < options.warmup; ++i) {
+    result = ffi::Any();  // the previous outputs are freed before the next run (peak RSS)
+    result = call();  // the first run also checks the inputs
+  }
   std::vector<double> times;
   for (int i = 0; i < options.repeat; ++i) {
+    result = ffi::Any();
     auto start = std::chrono::steady_clock::now();
     result = call();
     times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
@@ -306,6 +337,10 @@ int Run(const Options& options) {
 
   std::vector<ffi::Tensor> outputs = Flatten(result);
   std::vector<std::string> written;
+  for (const ffi::Tensor& t : outputs) {  // check them all before writing any
+    if (t.device().device_type != kDLCPU || !t.IsContiguous()) throw Failure("the model returned a tensor that is not a contiguous CPU tensor");
+    DescrOf(t.dtype());
+  }
   if (!options.output.empty()) {
     std::string stem = options.output, suffix;
     if (stem.size() > 4 && stem.compare(stem.size() - 4, 4, ".npy") == 0) {

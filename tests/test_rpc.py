@@ -28,14 +28,16 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def rpc_device():
     tracker_port, server_port = _free_port(), _free_port()
+    # Own process groups: the tracker and the server fork workers that must not outlive the tests.
     tracker = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(tracker_port),
-                                "--port-end", str(tracker_port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                "--port-end", str(tracker_port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     server = None
     try:
         _wait_for_port(tracker_port)
         server = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_server", "--host", "127.0.0.1", "--port", str(server_port),
                                    "--port-end", str(server_port + 1), "--tracker", f"127.0.0.1:{tracker_port}", "--key", "testboard"],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         device = RpcDevice("127.0.0.1", tracker_port, "testboard")
         deadline = time.time() + 120
         while True:  # until the server has registered with the tracker
@@ -50,8 +52,22 @@ def rpc_device():
     finally:
         for process in (server, tracker):
             if process is not None:
-                process.terminate()
-                process.wait(timeout=30)
+                _stop_group(process)
+
+
+def _stop_group(process) -> None:
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
+        try:
+            os.killpg(process.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _wait_for_port(port: int, timeout: float = 60) -> None:
