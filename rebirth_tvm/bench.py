@@ -173,8 +173,8 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated zoo models (default {DEFAULT_MODELS}; 'squeezenet' is squeezenet1_0)")
-    parser.add_argument("--target", default="x86", help="x86 (measured here), cuda (needs a GPU here) or arm (needs --rpc-tracker)")
-    parser.add_argument("--cpu", default=None)
+    parser.add_argument("--target", default="x86", help="x86 (measured here) or cuda (needs a GPU here); an ARM board is timed with python -m rebirth_tvm.compile --target arm --rpc-tracker HOST:PORT --rpc-key KEY --verify rpc")
+    parser.add_argument("--cpu", default=None, help="LLVM CPU name for x86 (default: this machine's)")
     parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per variant (the same budget for each; default 0: untuned)")
     parser.add_argument("--tuning-db", default=os.path.join("build", "bench-tuning-db"), help="tuning databases, one per model and variant, reused across runs")
     parser.add_argument("--calib", default="photos", help="calibration for the reborn variant: 'photos' (crops of scikit-learn's sample photos, default), a folder of images, or 'random'")
@@ -188,7 +188,8 @@ def main(argv=None) -> int:
         from .targets import runs_here
 
         if not runs_here(target):
-            raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU here, or a board over RPC); "
+            raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU in this machine; an ARM board "
+                               "with python -m rebirth_tvm.compile --target arm --rpc-tracker HOST:PORT --rpc-key KEY --verify rpc); "
                                "emulated or estimated numbers are never reported as measured")
         models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
         calib = photo_calibration(args.calib_count) if args.calib == "photos" and not args.skip_rebirth else args.calib
