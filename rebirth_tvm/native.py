@@ -162,11 +162,10 @@ def run_library(library: str, inputs, arch: str = "host", warmup: int = 1, repea
 # ---- helpers for CMakeLists.txt's ctest tests ----------------------------------------------------
 
 def fixture_model():
-    """A small two-input, two-output ONNX model: conv, ReLU, max pool, LRN-free stem, FC.
+    """A small two-input, two-output ONNX model: conv, ReLU, max pool, FC, plus an offset input.
 
     Two inputs and two outputs so that the runner's multi-tensor paths are exercised.
     """
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(7)
