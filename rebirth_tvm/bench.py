@@ -57,8 +57,12 @@ def photo_calibration(count: int, seed: int = 0) -> str:
 
 
 def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_db: str, calib, calib_count: int | None,
-                repeats: int, rebirth: bool = True, log=print) -> dict:
-    """Build, time and measure every variant of one zoo model; returns its result dict."""
+                repeats: int, rebirth: bool = True, log=print, rpc=None) -> dict:
+    """Build, time and measure every variant of one zoo model; returns its result dict.
+
+    With ``rpc`` (a :class:`~rebirth_tvm.remote.RpcDevice`) the TVM variants are tuned and timed
+    on that device (onnxruntime, the op breakdown and RSS need this machine and are left out).
+    """
     from .build import build, build_tuned
     from .export_onnx import to_onnx
     from .models import MODELS
@@ -92,28 +96,36 @@ def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_d
     for variant, module in modules.items():
         log(f"[{name}] building {variant}" + (f" with {tune_trials} tuning trials" if tune_trials else " (untuned)"))
         if tune_trials:
-            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, describe(target)["kind"], f"{name}-{variant}"))
+            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, describe(target)["kind"], f"{name}-{variant}"),
+                                      rpc=rpc)
             tuning[variant] = info
         else:
             built = build(module, target)
         executables[variant] = built
 
+    if rpc is not None:
+        log(f"[{name}] timing {len(modules)} variants round-robin on {rpc}, {repeats} repetitions ...")
+        latency = measure.rpc_latency(executables, input_list, rpc, repeats=repeats)
+        result["measured_on"] = f"RPC device {rpc}"
+    local = rpc is None
     device = tvm.cuda(0) if is_cuda(target) else tvm.cpu()
-    variants = [measure.tvm_variant(v, executables[v].executable, input_list, device) for v in modules]
-    if not is_cuda(target):
+    variants = [measure.tvm_variant(v, executables[v].executable, input_list, device) for v in modules] if local else []
+    if local and not is_cuda(target):
         variants.append(measure.onnxruntime_variant("ort_original", onnx_model, inputs))
         if "reborn" in modules:
             reborn_onnx = to_onnx(modules["reborn"], name=name)
             reborn_inputs = {i.name: x for i, x in zip(reborn_onnx.graph.input, input_list)}
             variants.append(measure.onnxruntime_variant("ort_reborn", reborn_onnx, reborn_inputs))
-    log(f"[{name}] timing {len(variants)} variants round-robin, {repeats} repetitions ...")
-    latency = measure.interleaved_latency(variants, repeats=repeats)
+    if local:
+        log(f"[{name}] timing {len(variants)} variants round-robin, {repeats} repetitions ...")
+        latency = measure.interleaved_latency(variants, repeats=repeats)
+        result["measured_on"] = "this machine"
 
     for variant, module in modules.items():
         entry = {"latency_ms": latency[variant], "flops": measure.flops(module)}
         entry.update(measure.planned_memory(module, target))
         entry["gflops_per_second"] = entry["flops"] / (latency[variant]["median"] * 1e-3) / 1e9
-        if not is_cuda(target):
+        if local and not is_cuda(target):
             entry["breakdown"] = measure.time_breakdown(executables[variant].executable, input_list, device=device)
             try:
                 with tempfile.TemporaryDirectory() as work:
@@ -172,7 +184,9 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated zoo models (default {DEFAULT_MODELS}; 'squeezenet' is squeezenet1_0)")
-    parser.add_argument("--target", default="x86", help="x86 (measured here) or cuda (needs a GPU here); an ARM board is timed with python -m rebirth_tvm.compile --target arm --rpc-tracker HOST:PORT --rpc-key KEY --verify rpc")
+    parser.add_argument("--target", default="x86", help="x86 (measured here), cuda (needs a GPU here) or arm (needs a board: --rpc-tracker)")
+    parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="tune and time the TVM variants on a device over TVM RPC (an ARM board, a GPU machine)")
+    parser.add_argument("--rpc-key", default=None, help="the key the device's rpc_server registered with")
     parser.add_argument("--cpu", default=None, help="LLVM CPU name for x86 (default: this machine's)")
     parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per variant (the same budget for each; default 0: untuned)")
     parser.add_argument("--tuning-db", default=os.path.join("build", "bench-tuning-db"), help="tuning databases, one per model and variant, reused across runs")
@@ -183,23 +197,26 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results); files go to OUT/<target>/")
     args = parser.parse_args(argv)
     try:
-        target = resolve_target(args.target, args.cpu)
-        from .targets import runs_here
+        from .remote import RpcDevice
+        from .targets import is_aarch64, is_cuda, runs_here
 
-        if not runs_here(target):
-            raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU in this machine; an ARM board "
-                               "with python -m rebirth_tvm.compile --target arm --rpc-tracker HOST:PORT --rpc-key KEY --verify rpc); "
-                               "emulated or estimated numbers are never reported as measured")
+        target = resolve_target(args.target, args.cpu)
+        rpc = RpcDevice.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
+        if rpc is None and not runs_here(target):
+            raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU in this machine, or a board "
+                               "over RPC: --rpc-tracker HOST:PORT --rpc-key KEY); emulated or estimated numbers are never reported as measured")
+        if rpc is not None:
+            rpc.session()  # an unreachable device fails now, not after relearning
         models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
         calib = photo_calibration(args.calib_count) if args.calib == "photos" and not args.skip_rebirth else args.calib
-        label = "x86" if args.target == "x86" else args.target
+        label = "arm" if is_aarch64(target) else "cuda" if is_cuda(target) else "x86"
         out_dir = os.path.join(args.out, label)
         env = environment(target, args.tune_trials)
         results = []
         for name in models:
             start = time.perf_counter()
             result = bench_model(name, target, args.tune_trials, args.tuning_db, calib, args.calib_count, args.repeats,
-                                 rebirth=not args.skip_rebirth, log=lambda m: print(m, file=sys.stderr, flush=True))
+                                 rebirth=not args.skip_rebirth, log=lambda m: print(m, file=sys.stderr, flush=True), rpc=rpc)
             result["environment"] = env
             result["seconds"] = round(time.perf_counter() - start, 1)
             results.append(result)

@@ -115,6 +115,38 @@ def onnxruntime_variant(name: str, model, inputs: dict, threads: int | None = No
     return Variant(name, lambda: session.run(None, inputs))
 
 
+def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: float = 50) -> dict[str, dict]:
+    """Like :func:`interleaved_latency`, for builds run on an RPC device.
+
+    Every build is uploaded and loaded once; then each repetition takes one sample of each, in a
+    rotating order. A sample is the device's own timer (TVM's time evaluator) over as many runs
+    as fill ``min_sample_ms``.
+    """
+    import tempfile
+
+    from .targets import is_cuda
+
+    session = device.session()
+    timers = {}
+    for name, built in builds.items():
+        with tempfile.TemporaryDirectory() as work:
+            path = os.path.join(work, f"{name}.so")
+            built.export(path)
+            session.upload(path, f"rebirth_bench_{name}.so")
+        module = session.load_module(f"rebirth_bench_{name}.so")
+        dev = session.cuda(0) if is_cuda(built.target) else session.cpu(0)
+        vm = relax.VirtualMachine(module, dev)
+        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs])
+        timers[name] = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1, min_repeat_ms=min_sample_ms)
+    names = list(timers)
+    samples = collections.defaultdict(list)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            samples[name].append(float(timers[name]("main").mean) * 1e3)
+    return {name: {"median": float(np.median(s)), "p10": float(np.percentile(s, 10)), "p90": float(np.percentile(s, 90)),
+                   "samples": len(s), "runs_per_sample": "device timer, ≥ %g ms" % min_sample_ms} for name, s in samples.items()}
+
+
 def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_seconds: float = 0.05,
                         warmup: int = 3, progress=None) -> dict[str, dict]:
     """Median, p10 and p90 latency (ms) of each variant, sampled round-robin in one process.

@@ -108,3 +108,17 @@ def test_unknown_device_key_is_one_line(rpc_device):
 def test_unreachable_tracker_is_one_line():
     with pytest.raises(RebirthError, match="cannot reach the RPC tracker at 127.0.0.1:"):
         RpcDevice("127.0.0.1", _free_port(), "k").session()
+
+
+def test_bench_times_variants_on_the_rpc_device(rpc_device, tmp_path):
+    from rebirth_tvm.bench import main
+
+    tracker = f"{rpc_device.tracker_host}:{rpc_device.tracker_port}"
+    assert main(["--models", "squeezenet1_1", "--skip-rebirth", "--repeats", "2", "--rpc-tracker", tracker,
+                 "--rpc-key", rpc_device.key, "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "x86" / "squeezenet1_1.json").read_text())
+    assert result["measured_on"] == f"RPC device {rpc_device}"
+    assert set(result["variants"]) == {"original", "exact"}  # onnxruntime does not run on the device
+    for entry in result["variants"].values():
+        assert entry["latency_ms"]["samples"] == 2 and entry["latency_ms"]["median"] > 0
+        assert "breakdown" not in entry
