@@ -143,6 +143,9 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
 
     files = []
     models = [r["model"] for r in results]
+    # The tuning budget belongs on the axis: untuned and tuned bars must not be read alike.
+    labels = [f"{r['model']}\n{r['environment']['tune_trials']} trials" if r["environment"]["tune_trials"] else f"{r['model']}\nuntuned"
+              for r in results]
     variants = [v for v in VARIANT_LABELS if any(v in r["variants"] for r in results)]
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 2), 4))
     width = 0.8 / len(variants)
@@ -151,7 +154,7 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
         low = [m - r["variants"].get(variant, {}).get("latency_ms", {}).get("p10", m) for m, r in zip(medians, results)]
         high = [r["variants"].get(variant, {}).get("latency_ms", {}).get("p90", m) - m for m, r in zip(medians, results)]
         ax.bar(np.arange(len(models)) + i * width, medians, width, yerr=[low, high], label=VARIANT_LABELS[variant], capsize=2)
-    ax.set_xticks(np.arange(len(models)) + width * (len(variants) - 1) / 2, models)
+    ax.set_xticks(np.arange(len(models)) + width * (len(variants) - 1) / 2, labels)
     ax.set_yscale("log")
     files.append(_save(fig, ax, out_dir, "latency.png", "latency, ms (median, p10–p90)", "Latency per model and variant"))
 
@@ -179,7 +182,7 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
     for i, variant in enumerate(tvm_variants):
         values = [r["variants"].get(variant, {}).get("planned_activation_bytes", np.nan) / 2**20 for r in results]
         ax.bar(np.arange(len(models)) + i * width, values, width, label=VARIANT_LABELS[variant])
-    ax.set_xticks(np.arange(len(models)) + width * (len(tvm_variants) - 1) / 2, models)
+    ax.set_xticks(np.arange(len(models)) + width * (len(tvm_variants) - 1) / 2, labels)
     files.append(_save(fig, ax, out_dir, "memory.png", "planned activation memory, MiB",
                        "Run-time activation memory (StaticPlanBlockMemory, fused)"))
     return files
