@@ -143,8 +143,7 @@ def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: 
     for r in range(repeats):
         for name in names[r % len(names):] + names[:r % len(names)]:
             samples[name].append(float(timers[name]("main").mean) * 1e3)
-    return {name: {"median": float(np.median(s)), "p10": float(np.percentile(s, 10)), "p90": float(np.percentile(s, 90)),
-                   "samples": len(s), "runs_per_sample": "device timer, ≥ %g ms" % min_sample_ms} for name, s in samples.items()}
+    return {name: _summary(s, f"device timer, ≥ {min_sample_ms:g} ms") for name, s in samples.items()}
 
 
 def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_seconds: float = 0.05,
@@ -172,8 +171,12 @@ def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_s
             samples[v.name].append((time.perf_counter() - start) / inner[v.name] * 1e3)
         if progress is not None:
             progress.update(1)
-    return {name: {"median": float(np.median(s)), "p10": float(np.percentile(s, 10)), "p90": float(np.percentile(s, 90)),
-                   "samples": len(s), "runs_per_sample": inner[name]} for name, s in samples.items()}
+    return {name: _summary(s, inner[name]) for name, s in samples.items()}
+
+
+def _summary(samples: list[float], runs_per_sample) -> dict:
+    return {"median": float(np.median(samples)), "p10": float(np.percentile(samples, 10)),
+            "p90": float(np.percentile(samples, 90)), "samples": len(samples), "runs_per_sample": runs_per_sample}
 
 
 def time_breakdown(executable, inputs, runs: int = 5, device=None) -> dict:
