@@ -124,7 +124,7 @@ def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: 
     """
     import tempfile
 
-    from .targets import is_cuda
+    from .remote import load_on_device
 
     session = device.session()
     timers = {}
@@ -132,11 +132,7 @@ def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: 
         with tempfile.TemporaryDirectory() as work:
             path = os.path.join(work, f"{name}.so")
             built.export(path)
-            session.upload(path, f"rebirth_bench_{name}.so")
-        module = session.load_module(f"rebirth_bench_{name}.so")
-        dev = session.cuda(0) if is_cuda(built.target) else session.cpu(0)
-        vm = relax.VirtualMachine(module, dev)
-        vm.set_input("main", *[tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs])
+            vm, dev, _ = load_on_device(session, path, f"rebirth_bench_{name}.so", built.target, inputs)
         timers[name] = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1, min_repeat_ms=min_sample_ms)
     names = list(timers)
     samples = collections.defaultdict(list)

@@ -69,26 +69,35 @@ class RpcDevice:
         return ms.runner.RPCRunner(rpc_config=config, evaluator_config=evaluator_config, max_workers=1)
 
 
+def load_on_device(session, library: str, remote_name: str, target, inputs):
+    """Upload ``library``, load it in a VM on the session's device and set ``inputs`` for ``main``.
+
+    Returns ``(vm, device, arguments)``; ``vm.invoke_stateful("main")`` then runs one inference.
+    """
+    import tvm
+    from tvm import relax
+
+    from .targets import is_cuda
+
+    session.upload(library, remote_name)
+    module = session.load_module(remote_name)
+    dev = session.cuda(0) if is_cuda(target) else session.cpu(0)
+    vm = relax.VirtualMachine(module, dev)
+    arguments = [tvm.runtime.tensor(np.ascontiguousarray(x), dev) for x in inputs]
+    vm.set_input("main", *arguments)
+    return vm, dev, arguments
+
+
 def run_remote(library: str, inputs, device: RpcDevice, target, repeat: int = 10):
     """Upload ``library`` (an exported model.so), run it on the device; returns (outputs, timing).
 
     ``timing`` is measured on the device by TVM's time evaluator: ``latency_ms`` median, min and
     max over ``repeat`` runs after one warm-up.
     """
-    from tvm import relax
-
-    from .targets import is_cuda
-
     session = device.session()
     try:
-        session.upload(library, "rebirth_model.so")
-        module = session.load_module("rebirth_model.so")
-        dev = session.cuda(0) if is_cuda(target) else session.cpu(0)
-        vm = relax.VirtualMachine(module, dev)
-        arguments = [_to_remote(np.ascontiguousarray(x), dev) for x in inputs]
-        result = vm["main"](*arguments)
-        outputs = _to_numpy(result)
-        vm.set_input("main", *arguments)
+        vm, dev, arguments = load_on_device(session, library, "rebirth_model.so", target, inputs)
+        outputs = _to_numpy(vm["main"](*arguments))
         timer = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=repeat, min_repeat_ms=0)
         seconds = np.asarray(timer("main").results) * 1e3
     except RebirthError:
@@ -97,12 +106,6 @@ def run_remote(library: str, inputs, device: RpcDevice, target, repeat: int = 10
         raise RebirthError(f"running {os.path.basename(library)} on {device} failed: {_first_line(err)}") from None
     timing = {"median": float(np.median(seconds)), "min": float(seconds.min()), "max": float(seconds.max()), "runs": int(repeat)}
     return outputs, timing
-
-
-def _to_remote(array, dev):
-    import tvm
-
-    return tvm.runtime.tensor(array, dev)
 
 
 def _to_numpy(value):
