@@ -167,6 +167,7 @@ def import_onnx(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> tvm.IRMod
     if opset < MIN_OPSET:
         raise RebirthError(f"ONNX opset {opset} is too old; rebirth-tvm needs opset {MIN_OPSET} or newer")
     check_ops_supported(model)
+    model = fold_constant_subgraphs(model)
 
     importer = ONNXGraphImporter(
         {s.name: list(s.shape) for s in specs}, {s.name: s.dtype for s in specs}, keep_params_in_input=False
@@ -179,6 +180,58 @@ def import_onnx(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> tvm.IRMod
     mod = _name_bindings_after_onnx_nodes(mod, model, importer._nodes)
     mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()])(mod)
     return mod
+
+
+#: Ops never evaluated ahead of time: their value is not a function of their inputs.
+_NONDETERMINISTIC = {"RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial", "Bernoulli"}
+
+
+def fold_constant_subgraphs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Evaluate the nodes that depend on no graph input and make their outputs initializers.
+
+    PyTorch's exporter writes shape arithmetic as ops (TF-style "same" padding becomes
+    ConstantOfShape → Concat → Reshape → Slice → Transpose → Cast → Pad), and TVM's importer
+    refuses a Pad whose pads are not a literal ("Dynamic pads are not supported yet"). The values
+    are constants all the same; computing them with ONNX's reference evaluator turns such a
+    graph into the one its author meant. Returns ``model`` itself when there is nothing to fold.
+    """
+    from onnx import numpy_helper
+
+    graph = model.graph
+    known = {t.name for t in graph.initializer}
+    foldable = []
+    for node in graph.node:
+        if node.domain not in ("", "ai.onnx") or node.op_type in _NONDETERMINISTIC or any(a.type == onnx.AttributeProto.GRAPH for a in node.attribute):
+            continue
+        if all(not name or name in known for name in node.input):
+            foldable.append(node)
+            known.update(node.output)
+    # Constants alone are already what the importer wants; fold only when real ops are involved.
+    if not any(n.op_type != "Constant" for n in foldable):
+        return model
+    from onnx.reference import ReferenceEvaluator
+
+    wanted = [o for n in foldable for o in n.output if o]
+    used = {name for node in graph.node if node not in foldable for name in node.input} | {o.name for o in graph.output}
+    needed = sorted({t.name for t in graph.initializer} & {i for n in foldable for i in n.input})
+    sub = onnx.helper.make_model(
+        onnx.helper.make_graph(list(foldable), "constants", [],
+                               [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in wanted],
+                               [t for t in graph.initializer if t.name in needed]),
+        opset_imports=model.opset_import, ir_version=model.ir_version)
+    try:
+        values = ReferenceEvaluator(sub).run(None, {})
+    except Exception:  # the reference evaluator lacks an op: leave the graph as it was
+        return model
+    folded = onnx.ModelProto()
+    folded.CopyFrom(model)
+    keep = [n for n in folded.graph.node if not any(o in wanted for o in n.output)]
+    del folded.graph.node[:]
+    folded.graph.node.extend(keep)
+    for name, value in zip(wanted, values):
+        if name in used:
+            folded.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    return folded
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")

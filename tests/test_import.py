@@ -91,3 +91,46 @@ def test_build_and_run_match_onnxruntime():
     out = built.run({"x": x})
     ref = onnxruntime_outputs(model, {"x": x})[0]
     assert np.max(np.abs(out - ref)) / np.max(np.abs(ref)) <= 1e-5
+
+
+def torch_style_padded_model():
+    """A Pad whose pads are computed by ops (as PyTorch exports TF-style 'same' padding)."""
+    from onnx import TensorProto, numpy_helper
+
+    nodes = [
+        helper.make_node("ConstantOfShape", ["four"], ["zeros"], value=numpy_helper.from_array(np.array([0], np.int64))),
+        helper.make_node("Concat", ["spatial", "zeros"], ["flat"], axis=0),
+        helper.make_node("Reshape", ["flat", "pairs_shape"], ["pairs"]),
+        helper.make_node("Slice", ["pairs", "start", "stop", "axis0", "step"], ["reversed"]),
+        helper.make_node("Transpose", ["reversed"], ["transposed"], perm=[1, 0]),
+        helper.make_node("Reshape", ["transposed", "minus_one"], ["pads_i"]),
+        helper.make_node("Cast", ["pads_i"], ["pads"], to=TensorProto.INT64),
+        helper.make_node("Pad", ["data", "pads", "zero"], ["padded"]),
+        helper.make_node("Conv", ["padded", "w"], ["out"], kernel_shape=[3, 3]),
+    ]
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("four", np.array([4], np.int64)), ("spatial", np.array([0, 1, 1, 2], np.int64)),
+        ("pairs_shape", np.array([-1, 2], np.int64)), ("start", np.array([-1], np.int64)),
+        ("stop", np.array([-(2 ** 62)], np.int64)), ("axis0", np.array([0], np.int64)), ("step", np.array([-1], np.int64)),
+        ("minus_one", np.array([-1], np.int64)), ("zero", np.array(0.0, np.float32)),
+        ("w", r.standard_normal((4, 2, 3, 3)).astype(np.float32))]]
+    graph = helper.make_graph(nodes, "padded", [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 2, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
+
+
+def test_computed_pads_are_folded_before_import():
+    from rebirth_tvm.onnx_import import fold_constant_subgraphs
+    from rebirth_tvm.reference import onnxruntime_outputs
+
+    model = torch_style_padded_model()
+    folded = fold_constant_subgraphs(model)
+    assert [n.op_type for n in folded.graph.node] == ["Pad", "Conv"]
+    x = np.random.default_rng(1).standard_normal((1, 2, 8, 8)).astype(np.float32)
+    assert np.array_equal(onnxruntime_outputs(folded, {"data": x})[0], onnxruntime_outputs(model, {"data": x})[0])
+    built = rebirth_tvm.build(rebirth_tvm.load(model), target="x86")  # TVM alone: "Dynamic pads are not supported"
+    ref = onnxruntime_outputs(model, {"data": x})[0]
+    assert np.max(np.abs(built.run(x) - ref)) <= 1e-5 * np.max(np.abs(ref))
+    plain = tiny_cnn()
+    assert fold_constant_subgraphs(plain) is plain  # nothing to fold: the model itself
