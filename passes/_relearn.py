@@ -217,6 +217,7 @@ class RelearnPass:
         retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher,
                               "relu" if site.relu else None)
         weight, bias = self.hook(retrain)
+        fit = getattr(self.hook, "last_fit", None)  # hooks that can say how well-posed the fit was
         weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
         expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)
         if weight.shape != expected or bias.shape != (expected[0],):
@@ -243,7 +244,7 @@ class RelearnPass:
                     "input_shape": in_shape, "output_shape": [int(d) for d in out_shape],
                     "macs_before": site.macs_before, "macs_after": conv_macs(out_shape, expected),
                     "fidelity_initial": before, "fidelity": after, "held_out": held, "calibration": len(inputs),
-                    "seconds": round(time.perf_counter() - start, 3)},
+                    "seconds": round(time.perf_counter() - start, 3), **({"fit": fit} if fit else {})},
         ))
         return mod
 

@@ -135,7 +135,9 @@ class LeastSquaresHook:
     teacher's outputs (the bias is fitted unregularised by centring). ``λ`` is chosen by k-fold
     cross-validation over the calibration samples from a grid relative to ``trace(AᵀA)/dim``:
     with few images a large λ keeps the new conv from fitting noise, and where an exact solution
-    exists the smallest λ wins and recovers it. Normal equations are accumulated a few samples at
+    exists the smallest λ wins and recovers it. With fewer patches than unknowns (small feature
+    maps, few images) the problem is still solved, by cross-validated ridge alone, and the site's
+    report says it was underdetermined; with too few samples to cross-validate it is an error. Normal equations are accumulated a few samples at
     a time, so memory is O(dim²) whatever the calibration size; one eigendecomposition per fold
     serves every λ. Seconds per site.
 
@@ -155,6 +157,7 @@ class LeastSquaresHook:
         self.folds = folds
         self.chunk = chunk
         self.chosen_ridge: float | None = None  # the last site's choice, for reports and tests
+        self.last_fit: dict | None = None  # the last site's problem size and ridge, for its report
 
     def moments(self, site: RetrainSite, start: int, stop: int) -> _Moments:
         g = site.geometry
@@ -190,19 +193,25 @@ class LeastSquaresHook:
         total = parts[0]
         for part in parts[1:]:
             total = total + part
-        if total.rows < dim + 1:
+        underdetermined = total.rows < dim + 1
+        if underdetermined and len(parts) < 2:
             per_sample = max(total.rows // max(n, 1), 1)
             raise RebirthError(
                 f"site {site.name}: {total.rows} input patches for {dim + 1} unknowns per channel; give more calibration "
                 f"images (this site needs at least {-(-(dim + 1) // per_sample)} for relearning, plus the held-out ones)"
             )
-        ridge = min(self.ridges)
-        if len(self.ridges) > 1 and len(parts) >= 2:
-            errors = dict.fromkeys(self.ridges, 0.0)
+        # Fewer patches than unknowns: still a well-posed ridge problem, but only cross-validation
+        # can say how much to trust the data, so the grid goes on to stronger ridges there.
+        ridges = self.ridges + tuple(r for r in (1e-1, 1.0) if r > max(self.ridges)) if underdetermined else self.ridges
+        ridge = min(ridges)
+        if len(ridges) > 1 and len(parts) >= 2:
+            errors = dict.fromkeys(ridges, 0.0)
             for part in parts:
-                for candidate, weight, bias in self._solve(total - part, self.ridges):
+                for candidate, weight, bias in self._solve(total - part, ridges):
                     errors[candidate] += part.squared_error(weight, bias)
             ridge = min(errors, key=lambda r: (errors[r], r))
+        self.last_fit = {"patches": int(total.rows), "unknowns_per_channel": dim + 1, "underdetermined": bool(underdetermined),
+                         "ridge": float(ridge)}
         self.chosen_ridge = ridge
         _, weight, bias = next(self._solve(total, (ridge,)))
         weight = weight.T.reshape(g.out_channels, g.in_channels, *g.kernel)

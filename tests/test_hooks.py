@@ -59,6 +59,24 @@ def test_too_few_samples_is_a_clear_error():
         LeastSquaresHook()(site)
 
 
+def test_underdetermined_site_is_fitted_by_cross_validated_ridge_and_says_so():
+    # 16 samples of one 3x3 patch each: 16 rows for 73 unknowns per channel.
+    r = np.random.default_rng(3)
+    g = ConvGeometry(8, 4, (3, 3))
+    w, b = r.standard_normal((4, 8, 3, 3)), r.standard_normal(4)
+    x = r.standard_normal((16, 8, 3, 3))
+    site = RetrainSite("deep", g, np.zeros((4, 8, 3, 3)), np.zeros(4), x, conv2d_numpy(x, w, b, g))
+    hook = LeastSquaresHook()
+    weight, bias = hook(site)
+    assert hook.last_fit["underdetermined"] and hook.last_fit == {**hook.last_fit, "patches": 16, "unknowns_per_channel": 73}
+    assert hook.last_fit["ridge"] in hook.ridges + (1e-1, 1.0)
+    held = r.standard_normal((64, 8, 3, 3))
+    ref = conv2d_numpy(held, w, b, g)
+    # Better than predicting the mean (relative error 1), worse than exact: what 16 rows allow.
+    error = np.sum((conv2d_numpy(held, weight, bias, g) - ref) ** 2) / np.sum((ref - ref.mean()) ** 2)
+    assert 0 < error < 1
+
+
 def test_wrong_channel_count_is_a_clear_error():
     g = ConvGeometry(3, 4, (1, 1))
     site = RetrainSite("gray", g, np.zeros((4, 3, 1, 1)), np.zeros(4), np.zeros((2, 1, 8, 8)), np.zeros((2, 4, 8, 8)))
