@@ -16,6 +16,7 @@ They compose with TVM's own passes::
 import tvm
 from tvm import relax
 
+from ._select import LatencySelector
 from ._sites import REFUSED, REWRITTEN, SiteRecord, record_sites
 from .distribute_pool import DistributePoolOverConcat
 from .fold_batch_norm import FoldBatchNorm
@@ -26,6 +27,7 @@ from .merge_inception_branches import MergeInceptionBranches
 from .merge_parallel_convs import MergeParallelConvs
 from .rebirth import Rebirth
 from .streamline import StreamlineMerge
+from .tucker_decompose import TuckerDecompose
 
 
 def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = False) -> tvm.transform.Pass:
@@ -42,7 +44,7 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth", "TuckerDecompose", "LatencySelector",
     "exact_pipeline",
     "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
 ]

@@ -159,7 +159,7 @@ class RelearnPass:
 
     pass_name = "RelearnPass"
 
-    def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all"):
+    def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", selector=None):
         from rebirth_tvm.hooks import resolve_hook
 
         self.calibration = np.asarray(calibration, dtype=np.float32)
@@ -167,6 +167,8 @@ class RelearnPass:
             raise ValueError(f"calibration must be (N, C, H, W) with N >= 2, got shape {self.calibration.shape}")
         self.hook = resolve_hook(hook)
         self.selection = None if sites == "all" else ([sites] if isinstance(sites, str) else list(sites))
+        #: decides per site whether the rewrite is worth it (e.g. :class:`LatencySelector`); None keeps all.
+        self.selector = selector
 
     def selected(self, name: str) -> bool:
         return self.selection is None or any(fnmatch.fnmatchcase(name, p) for p in self.selection)
@@ -182,6 +184,8 @@ class RelearnPass:
         has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
         # tqdm's disable=None shows the bar on a terminal only, so logs and pipes stay clean.
         progress = tqdm(desc=f"{self.pass_name}: relearning", unit=" site", disable=None, leave=False)
+        declined: dict[str, dict] = {}  # sites the selector measured and turned down
+        decisions: dict[str, dict] = {}
         while has_main:
             # Bottom-up: take the lowest site that can be rewritten now, relearn it on the
             # network as rewritten so far, then look again. A refusal is only final if it still
@@ -192,17 +196,30 @@ class RelearnPass:
                     refused[name] = found
                 elif not self.selected(name):
                     refused[name] = "not selected (sites=...)"
+                elif name in declined:
+                    refused[name] = declined[name]["reason"]
                 else:
+                    if self.selector is not None and name not in decisions:
+                        progress.set_postfix_str(f"measuring {name}")
+                        decisions[name] = self.selector.decide(mod, found, self.replacement(found))
+                        if not decisions[name]["kept"]:
+                            declined[name] = decisions[name]
+                            refused[name] = decisions[name]["reason"]
+                            continue
                     site = found
                     break
             if site is None:
                 break
             progress.set_postfix_str(site.name)
             mod = self.relearn(mod, site)
-            rewritten.append(self.sites.pop())
+            record = self.sites.pop()
+            if site.name in decisions:
+                record.detail["latency"] = decisions[site.name]
+            rewritten.append(record)
             progress.update()
         progress.close()
-        self.sites = rewritten + [SiteRecord(self.pass_name, n, REFUSED, r, exact=False) for n, r in refused.items()]
+        self.sites = rewritten + [SiteRecord(self.pass_name, n, REFUSED, r, exact=False,
+                                             detail={"latency": declined[n]} if n in declined else {}) for n, r in refused.items()]
         publish(self.sites)
         return mod
 
@@ -224,14 +241,8 @@ class RelearnPass:
             raise ValueError(f"hook returned weight {weight.shape} / bias {bias.shape} for site {site.name}, expected {expected} / {(expected[0],)}")
         before = fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t)
         after = fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t)
-        g, dtype = site.geometry, site.unit.dtype
-
-        def build(em):
-            conv = conv2d_like(site.unit.conv.attrs, em.remap(site.input_var), relax.const(weight.astype(dtype)),
-                               strides=list(g.stride), padding=list(g.padding))
-            out = relax.op.add(em.emit(conv, site.name + "_conv"), relax.const(bias.astype(dtype).reshape(1, -1, 1, 1)))
-            return relax.op.nn.relu(em.emit(out, site.name + "_bias")) if site.relu else out
-
+        g = site.geometry
+        build = self.replacement(site, weight, bias)
         mod = apply_plan(mod, {site.output_var: build})
         in_shape = [int(d) for d in site.input_var.ty.shape]
         out_shape = (in_shape[0], g.out_channels, *g.output_size(*in_shape[2:]))
@@ -247,6 +258,25 @@ class RelearnPass:
                     "seconds": round(time.perf_counter() - start, 3), **({"fit": fit} if fit else {})},
         ))
         return mod
+
+
+    def replacement(self, site: RelearnSite, weight: np.ndarray | None = None, bias: np.ndarray | None = None):
+        """``build(emitter)`` for the site's new block: conv (+ bias) (+ ReLU) on the site's input.
+
+        Without weights, the site's initial ones (what latency selection measures: speed does not
+        depend on the values).
+        """
+        weight = site.init_weight if weight is None else weight
+        bias = site.init_bias if bias is None else bias
+        g, dtype = site.geometry, site.unit.dtype
+
+        def build(em):
+            conv = conv2d_like(site.unit.conv.attrs, em.remap(site.input_var), relax.const(np.asarray(weight).astype(dtype)),
+                               strides=list(g.stride), padding=list(g.padding))
+            out = relax.op.add(em.emit(conv, site.name + "_conv"), relax.const(np.asarray(bias).astype(dtype).reshape(1, -1, 1, 1)))
+            return relax.op.nn.relu(em.emit(out, site.name + "_bias")) if site.relu else out
+
+        return build
 
 
 class CombinedRelearn(RelearnPass):

@@ -30,16 +30,22 @@ class Rebirth(CombinedRelearn):
     branches: branch rules to run, from ``("pool", "reduce")``; ``()`` for streamline only.
     branch_pool_kernel: pool-branch merges: ``"keep"`` (default) or ``"cover"``.
     allow_more_work: also make branch merges that add MACs (refused by default, with numbers).
+    streamline: run the streamline rules (conv+LRN, conv+pool); ``False`` with ``branches`` set
+        gives branch merging alone (the paper's ablation).
+    selector: e.g. :class:`LatencySelector`: rewrite only the sites that measure faster.
     """
 
     pass_name = "Rebirth"
 
     def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", pool_kernel: str = "auto",
-                 branches=("pool", "reduce"), branch_pool_kernel: str = "keep", allow_more_work: bool = False):
-        super().__init__(calibration, hook, sites)
+                 branches=("pool", "reduce"), branch_pool_kernel: str = "keep", allow_more_work: bool = False,
+                 streamline: bool = True, selector=None):
+        super().__init__(calibration, hook, sites, selector)
         if set(branches) - {"pool", "reduce"}:
             raise ValueError(f"branches must be from ('pool', 'reduce'), got {branches}")
-        self.rules = [MergeConvLRN(calibration, hook, sites), MergeConvPool(calibration, hook, pool_kernel, sites)]
+        if not streamline and not branches:
+            raise ValueError("nothing to do: streamline=False and no branches")
+        self.rules = [MergeConvLRN(calibration, hook, sites), MergeConvPool(calibration, hook, pool_kernel, sites)] if streamline else []
         if "pool" in branches:
             self.rules.append(MergePoolProjection(calibration, hook, sites, allow_more_work, branch_pool_kernel))
         if "reduce" in branches:

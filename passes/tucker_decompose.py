@@ -1,0 +1,244 @@
+"""TuckerDecompose: a k×k conv becomes ``1×1 → k×k (fewer channels) → 1×1`` (Tucker-2).
+
+The paper's fastest model pairs rebirth with Tucker decomposition (Kim et al., 2016): a conv's
+OIHW kernel ``W`` is approximated as ``W ≈ G ×₀ U_out ×₁ U_in`` with ``U_in`` (I × r_in) and
+``U_out`` (O × r_out) orthonormal and a small core ``G`` (r_out × r_in × kh × kw). As convs:
+
+    x → conv 1×1 (U_inᵀ, r_in channels) → conv k×k (G, the original stride/padding) → conv 1×1 (U_out) + bias
+
+Ranks come from an *energy* threshold (the smallest rank whose leading singular values of the
+kernel's mode unfolding keep that fraction of its squared norm) or are given per site. Initial
+factors are HOSVD (numpy SVDs of the two unfoldings); with full ranks the factors are square
+orthogonal matrices and the decomposition is exact up to float rounding (recorded as exact).
+Otherwise the last 1×1 conv and the bias are relearned by the retraining hook against the
+original conv's outputs on the calibration inputs, with the first two convs held at their
+HOSVD values — the same hooks and the same bottom-up order as every relearned merge, and the
+same report: MACs before/after, the kernel's reconstruction error, fidelity before/after.
+
+Refuses, with the reason: grouped or dilated convs; non-constant weights; a rank pair that does
+not reduce MACs (unless ``allow_more_work``). 1×1 convs are not candidates (nothing to factor).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ._conv import CONV2D, conv2d_like, match_conv, plain_conv_refusal
+from ._graph import FunctionGraph, op_name, shape_of
+from ._relearn import RelearnPass, activations, compiled_teacher, conv_macs, emit_conv_unit, fidelity
+from ._rewrite import apply_plan
+from ._sites import REWRITTEN, SiteRecord
+
+MARK = "_tucker"  # bindings this pass emits; never decomposed again
+
+
+def energy_rank(singular_values: np.ndarray, energy: float) -> int:
+    """The smallest rank whose leading singular values keep ``energy`` of the squared norm."""
+    power = np.asarray(singular_values, np.float64) ** 2
+    if power.sum() == 0:
+        return 1
+    kept = np.cumsum(power) / power.sum()
+    return int(min(len(power), np.searchsorted(kept, energy - 1e-12) + 1))
+
+
+def mode_singular_values(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values of the output-channel and input-channel unfoldings of an OIHW kernel."""
+    out_channels, in_channels = weight.shape[:2]
+    w = weight.astype(np.float64)
+    return (np.linalg.svd(w.reshape(out_channels, -1), compute_uv=False),
+            np.linalg.svd(w.transpose(1, 0, 2, 3).reshape(in_channels, -1), compute_uv=False))
+
+
+def hosvd_tucker2(weight: np.ndarray, rank_in: int, rank_out: int):
+    """Tucker-2 factors of an OIHW kernel by HOSVD.
+
+    Returns ``(first, core, last)`` as conv kernels: ``first`` (r_in, I, 1, 1), ``core``
+    (r_out, r_in, kh, kw), ``last`` (O, r_out, 1, 1); ``conv(conv(conv(x, first), core), last)``
+    approximates ``conv(x, weight)`` and equals it at full ranks.
+    """
+    w = weight.astype(np.float64)
+    out_channels, in_channels, kh, kw = w.shape
+    if not (1 <= rank_in <= in_channels and 1 <= rank_out <= out_channels):
+        raise ValueError(f"ranks ({rank_in}, {rank_out}) outside [1, {in_channels}] x [1, {out_channels}]")
+    # Full (square) U: a rank above the unfolding's column count (a stem conv's 3·k·k) still
+    # gets orthonormal columns, so full ranks stay exact.
+    u_out = np.linalg.svd(w.reshape(out_channels, -1), full_matrices=True)[0][:, :rank_out]
+    u_in = np.linalg.svd(w.transpose(1, 0, 2, 3).reshape(in_channels, -1), full_matrices=True)[0][:, :rank_in]
+    core = np.einsum("oihw,or,is->rshw", w, u_out, u_in)
+    return u_in.T.reshape(rank_in, in_channels, 1, 1), core, u_out.reshape(out_channels, rank_out, 1, 1)
+
+
+def reconstruct(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """The OIHW kernel the three convs compute together."""
+    return np.einsum("rshw,or,si->oihw", core, last[:, :, 0, 0], first[:, :, 0, 0])
+
+
+def tucker_macs(in_shape, out_hw, in_channels, out_channels, rank_in, rank_out, kernel) -> int:
+    n, _, h, w = in_shape
+    return int(n * h * w * in_channels * rank_in + n * out_hw[0] * out_hw[1] * (rank_out * rank_in * kernel[0] * kernel[1] + out_channels * rank_out))
+
+
+class TuckerSite:
+    """One conv to decompose, with its ranks and HOSVD factors."""
+
+    def __init__(self, name, unit, relu, ranks, factors, macs_before, macs_after, weight_error, input_var):
+        self.name, self.unit, self.relu, self.ranks, self.factors = name, unit, relu, ranks, factors
+        self.macs_before, self.macs_after, self.weight_error = macs_before, macs_after, weight_error
+        self.input_var = input_var
+        self.output_var = unit.out_var
+        self.exact = ranks[0] == unit.weight.shape[1] and ranks[1] == unit.weight.shape[0]
+
+
+@tvm.transform.module_pass(opt_level=0, name="TuckerDecompose")
+class TuckerDecompose(RelearnPass):
+    """Tucker-2 decomposition of k×k convs, relearned bottom-up.
+
+    Parameters
+    ----------
+    calibration, hook, sites: see :class:`RelearnPass` (calibration may be None when every
+        selected site is decomposed at full rank, which is exact).
+    energy: fraction of each mode's squared singular values to keep (default 0.9), for sites
+        without given ranks.
+    ranks: ``{site name or glob: (rank_in, rank_out)}``; a value in (0, 1] is a fraction of the
+        channels.
+    allow_more_work: also decompose where the three convs need more MACs than the one.
+    selector: e.g. :class:`~rebirth_tvm.passes.LatencySelector`: decompose only where it measures faster.
+    """
+
+    pass_name = "TuckerDecompose"
+
+    def __init__(self, calibration=None, hook="lstsq", sites="all", energy: float = 0.9, ranks=None,
+                 allow_more_work: bool = False, selector=None):
+        if calibration is None:
+            calibration = np.zeros((2, 1, 1, 1), np.float32)  # only full-rank (exact) sites need none
+            self.has_calibration = False
+        else:
+            self.has_calibration = True
+        super().__init__(calibration, hook, sites, selector)
+        if not 0 < energy <= 1:
+            raise ValueError(f"energy must be in (0, 1], got {energy}")
+        self.energy, self.ranks, self.allow_more_work = energy, dict(ranks or {}), allow_more_work
+        self._factors: dict = {}
+
+    def _ranks_for(self, name: str, weight: np.ndarray) -> tuple[int, int]:
+        out_channels, in_channels = weight.shape[:2]
+        for pattern, (rank_in, rank_out) in self.ranks.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                def resolve(r, full):
+                    return max(1, int(round(r * full))) if isinstance(r, float) and r <= 1 else int(r)
+                return min(resolve(rank_in, in_channels), in_channels), min(resolve(rank_out, out_channels), out_channels)
+        s_out, s_in = mode_singular_values(weight)
+        return energy_rank(s_in, self.energy), energy_rank(s_out, self.energy)
+
+    def find_sites(self, graph: FunctionGraph):
+        for binding in graph.dataflow_bindings():
+            if op_name(binding.value) != CONV2D or MARK in binding.var.name:
+                continue
+            conv_var = binding.var
+            users = graph.live_users(conv_var)
+            add = users[0] if len(users) == 1 and users[0] is not None else None
+            out = add if add is not None and op_name(graph.producer(add)) == "relax.add" else conv_var
+            unit = match_conv(graph, out)
+            if isinstance(unit, str):
+                unit = match_conv(graph, conv_var)
+                if isinstance(unit, str):
+                    yield conv_var.name, unit
+                    continue
+            kernel = tuple(int(k) for k in unit.weight.shape[2:])
+            if kernel == (1, 1):
+                continue  # nothing to factor: not a candidate
+            name = unit.out_var.name
+            reason = plain_conv_refusal(unit)
+            if reason:
+                yield name, reason
+                continue
+            rank_in, rank_out = self._ranks_for(name, unit.weight)
+            in_shape, out_shape = shape_of(unit.conv.args[0]), shape_of(unit.conv)
+            before = conv_macs(out_shape, unit.weight.shape)
+            after = tucker_macs(in_shape, out_shape[2:], unit.weight.shape[1], unit.weight.shape[0], rank_in, rank_out, kernel)
+            if after >= before and not self.allow_more_work:
+                yield name, (f"ranks ({rank_in}, {rank_out}) of {unit.weight.shape[1]}→{unit.weight.shape[0]} channels would not save MACs "
+                             f"({before:,} → {after:,}); lower the energy or give ranks, or allow_more_work")
+                continue
+            key = (name, rank_in, rank_out)
+            if key not in self._factors:  # find_sites runs again after every rewrite
+                factors = hosvd_tucker2(unit.weight, rank_in, rank_out)
+                w = unit.weight.astype(np.float64)
+                self._factors[key] = factors, float(np.linalg.norm(reconstruct(*factors) - w) / max(np.linalg.norm(w), 1e-30))
+            factors, error = self._factors[key]
+            users = graph.live_users(unit.out_var)
+            relu = len(users) == 1 and users[0] is not None and op_name(graph.producer(users[0])) == "relax.nn.relu"
+            site = TuckerSite(name, unit, relu, (rank_in, rank_out), factors, before, after, error, unit.conv.args[0])
+            if not site.exact and not self.has_calibration:
+                yield name, "needs calibration inputs to relearn (only full-rank decompositions are exact)"
+                continue
+            yield name, site
+
+    def relearn(self, mod: tvm.IRModule, site: TuckerSite) -> tvm.IRModule:
+        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, conv2d_numpy
+
+        start = time.perf_counter()
+        unit, (rank_in, rank_out) = site.unit, site.ranks
+        first, core, last = site.factors
+        bias = np.zeros(unit.channels) if unit.bias is None else unit.bias.astype(np.float64)
+        detail = {"pattern": "conv → 1x1 → kxk → 1x1 (Tucker-2)", "ranks": [rank_in, rank_out],
+                  "channels": [int(unit.weight.shape[1]), int(unit.weight.shape[0])], "kernel": [int(k) for k in unit.weight.shape[2:]],
+                  "stride": [int(s) for s in unit.conv.attrs.strides],
+                  "macs_before": site.macs_before, "macs_after": site.macs_after, "weight_error": site.weight_error}
+        if site.exact:
+            reason = f"full ranks ({rank_in}, {rank_out}): exact, kernel reconstruction error {site.weight_error:.2g}"
+        else:
+            inputs = activations(mod, site.input_var, self.calibration)
+            targets = compiled_teacher(lambda bb, x: emit_conv_unit(bb, unit, x))(inputs)
+            reduced = compiled_teacher(lambda bb, x: self._emit_reduce(bb, unit, x, first, core))(inputs)
+            held = max(1, len(inputs) // 5)
+            geometry = ConvGeometry(rank_out, unit.channels, (1, 1))
+            retrain = RetrainSite(site.name, geometry, last, bias, reduced[:-held], targets[:-held], None, "relu" if site.relu else None)
+            new_last, new_bias = self.hook(retrain)
+            new_last, new_bias = np.asarray(new_last, np.float64), np.asarray(new_bias, np.float64)
+            if new_last.shape != last.shape or new_bias.shape != bias.shape:
+                raise ValueError(f"hook returned weight {new_last.shape} / bias {new_bias.shape} for site {site.name}, expected {last.shape} / {bias.shape}")
+            before = fidelity(conv2d_numpy(reduced[-held:], last, bias, geometry), targets[-held:])
+            after = fidelity(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry), targets[-held:])
+            last, bias = new_last, new_bias
+            fit = getattr(self.hook, "last_fit", None)
+            detail.update(fidelity_initial=before, fidelity=after, held_out=held, calibration=len(inputs), **({"fit": fit} if fit else {}))
+            reason = (f"ranks ({rank_in}, {rank_out}), MACs {site.macs_before:,} → {site.macs_after:,}; "
+                      f"held-out relative MSE {before['rel_mse']:.3g} (HOSVD) → {after['rel_mse']:.3g} (relearned)")
+        build = self.replacement(site, last, bias)
+        mod = apply_plan(mod, {site.output_var: build})
+        detail["seconds"] = round(time.perf_counter() - start, 3)
+        self.sites.append(SiteRecord(self.pass_name, site.name, REWRITTEN, reason, exact=site.exact, detail=detail))
+        return mod
+
+    def replacement(self, site: TuckerSite, last: np.ndarray | None = None, bias: np.ndarray | None = None):
+        """``build(emitter)``: 1×1 → k×k → 1×1 + bias on the site's input (HOSVD factors by default)."""
+        unit = site.unit
+        first, core, initial_last = site.factors
+        last = initial_last if last is None else last
+        if bias is None:
+            bias = np.zeros(unit.channels) if unit.bias is None else unit.bias.astype(np.float64)
+        dtype = unit.dtype
+
+        def build(em):
+            x = em.remap(site.input_var)
+            y = em.emit(self._emit_reduce(None, unit, x, first, core, em), site.name + MARK + "_core")
+            y = em.emit(conv2d_like(unit.conv.attrs, y, relax.const(np.asarray(last).astype(dtype)), strides=[1, 1], padding=[0, 0, 0, 0]),
+                        site.name + MARK + "_restore")
+            return relax.op.add(y, relax.const(np.asarray(bias).astype(dtype).reshape(1, -1, 1, 1)))
+
+        return build
+
+    @staticmethod
+    def _emit_reduce(bb, unit, x, first, core, em=None):
+        """``conv k×k (core) ∘ conv 1×1 (first)`` on ``x``: the reduced-channel part."""
+        dtype = unit.dtype if em is not None else "float32"
+        emit = em.emit if em is not None else bb.emit
+        name = unit.out_var.name + MARK + "_reduce" if em is not None else ""
+        z = emit(conv2d_like(unit.conv.attrs, x, relax.const(first.astype(dtype)), strides=[1, 1], padding=[0, 0, 0, 0]), name)
+        return conv2d_like(unit.conv.attrs, z, relax.const(core.astype(dtype)))
