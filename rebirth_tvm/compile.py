@@ -92,13 +92,17 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs used to check the result (default 0)")
     rebirth = parser.add_argument_group("rebirth (relearned merges: conv+pool, conv+LRN, chains of them)")
     rebirth.add_argument("--rebirth", action="store_true", help="also merge conv with the pools and LRNs after it, relearning the new convs against the original blocks")
-    rebirth.add_argument("--calib", default=None, help="calibration inputs: a folder of images, an .npy array (N,C,H,W), or 'random' (labelled as such in the report); required with --rebirth")
+    rebirth.add_argument("--calib", default=None, help="calibration inputs: a folder of images, an .npy array (N,C,H,W), 'fashion-mnist' (its training images, labels unused; apt-get install dataset-fashion-mnist), or 'random' (labelled as such in the report); required with --rebirth")
     rebirth.add_argument("--calib-count", type=int, default=None, help="use at most this many calibration inputs (a fifth is held out for fidelity)")
     rebirth.add_argument("--preset", default=None, choices=["imagenet", "gray"], help="image preprocessing (default: the zoo model's, else imagenet)")
     rebirth.add_argument("--hook", default="lstsq", help="retraining hook: lstsq (closed-form least squares, default), sgd (layer-wise SGD through the ReLU, gradients by TVM, starting from lstsq) or package.module:function")
     rebirth.add_argument("--sites", default="all", help="comma-separated site names or glob patterns to relearn (default: all)")
     rebirth.add_argument("--pool-kernel", default="auto", choices=["auto", "cover", "keep"], help="conv+pool merges: grow the kernel to the pool's receptive field (cover), keep the conv's (keep), or cover where that adds no MACs (auto, default)")
     rebirth.add_argument("--branches", default="pool,reduce", help="inception branch merges: pool, reduce, both (default 'pool,reduce') or none")
+    rebirth.add_argument("--select", default="all", choices=["all", "latency"], help="all: rewrite every site that can be (default); latency: time each site's block and its rewrite on the target (here, or over --rpc-tracker; tuned kernels where --tuning-db has them) and keep only rewrites faster by --select-margin")
+    rebirth.add_argument("--select-margin", type=float, default=0.05, help="how much faster a rewrite must measure to be kept with --select latency (default 0.05: 5%%)")
+    rebirth.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also Tucker-2 decompose the k×k convs left (1×1 → k×k → 1×1), ranks keeping this fraction of each mode's energy (e.g. 0.9), relearned by the hook")
+    rebirth.add_argument("--no-streamline", action="store_true", help="skip the streamline merges (conv+pool, conv+LRN): branch merges only")
     rebirth.add_argument("--allow-more-work", action="store_true", help="also make branch merges that add MACs (by default they are refused and the report says by how much)")
     rebirth.add_argument("--save-onnx", default=None, metavar="FILE", help="also write the rewritten model as ONNX (runs in onnxruntime)")
     parser.add_argument("--out", required=True, help="output directory: model.so, report.json, report.md (replaced as a whole)")
@@ -112,14 +116,21 @@ def main(argv=None) -> int:
         rebirth = None
         if args.rebirth:
             if not args.calib:
-                raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, or 'random')")
+                raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, 'fashion-mnist' or 'random')")
             sites = "all" if args.sites == "all" else [s.strip() for s in args.sites.split(",") if s.strip()]
             branches = () if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip())
             if set(branches) - {"pool", "reduce"}:
                 raise RebirthError(f"--branches {args.branches!r}: use pool, reduce, pool,reduce or none")
+            if args.no_streamline and not branches and args.tucker is None:
+                raise RebirthError("--no-streamline with --branches none leaves nothing to relearn")
+            if args.tucker is not None and not 0 < args.tucker <= 1:
+                raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {args.tucker}")
+            if not 0 <= args.select_margin < 1:
+                raise RebirthError(f"--select-margin must be in [0, 1), got {args.select_margin}")
             rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
                                      branches=branches, allow_more_work=args.allow_more_work,
-                                     preset=args.preset, calib_count=args.calib_count)
+                                     preset=args.preset, calib_count=args.calib_count, streamline=not args.no_streamline,
+                                     select=args.select, select_margin=args.select_margin, tucker=args.tucker)
         elif args.calib:
             raise RebirthError("--calib is only used with --rebirth")
         if args.rpc_key and not args.rpc_tracker:

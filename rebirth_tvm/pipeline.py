@@ -45,6 +45,13 @@ class RebirthOptions:
         no MACs), ``"cover"`` or ``"keep"``.
     branches: inception branch merges to run, from ``("pool", "reduce")``; ``()`` for none.
     allow_more_work: also make branch merges that add MACs (refused by default, with numbers).
+    streamline: run the streamline merges (conv+pool, conv+LRN); False for branch merges only.
+    select: ``"all"`` or ``"latency"``: time each site's block and its rewrite on the target (here
+        or over RPC, tuned kernels where ``tuning_db`` has them) and keep only rewrites faster by
+        ``select_margin``.
+    tucker: also decompose the k×k convs left (Tucker-2, ranks by this energy), relearned.
+    finetune: optional labelled fine-tuning of the whole reborn network, the relearned layers at a
+        higher learning rate (:class:`rebirth_tvm.finetune.FinetuneOptions`; the paper's last step).
     preset: image preprocessing (default: the zoo model's, else ``"imagenet"``).
     calib_count: use at most this many calibration inputs.
     """
@@ -57,6 +64,14 @@ class RebirthOptions:
     allow_more_work: bool = False
     preset: str | None = None
     calib_count: int | None = None
+    streamline: bool = True
+    #: labelled fine-tuning after relearning (:class:`rebirth_tvm.finetune.FinetuneOptions`), or None.
+    finetune: object = None
+    #: "all" (rewrite every site that can be) or "latency" (only sites measured faster on the target).
+    select: str = "all"
+    select_margin: float = 0.05
+    #: Tucker-2 decomposition of the remaining k×k convs at this energy (e.g. 0.9), or None.
+    tucker: float | None = None
 
 
 @dataclass
@@ -165,6 +180,11 @@ def compile_model(
     specs = graph_inputs(onnx_model, input_shape)
     name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
     calibration = _calibration(rebirth, name, specs) if rebirth else None  # bad input fails fast
+    if rebirth and rebirth.select not in ("all", "latency"):
+        raise RebirthError(f"select must be 'all' or 'latency', not {rebirth.select!r}")
+    if rebirth and rebirth.select == "latency" and rpc is None and not runs_here(tvm_target):
+        raise RebirthError(f"--select latency times each site on the target, and {report_mod.target_label(describe(tvm_target))} builds cannot run here: "
+                           "give the device over RPC (--rpc-tracker HOST:PORT --rpc-key KEY)")
     if tune_trials or tuning_db:
         require_tunable(tvm_target, rpc)  # before any heavy work
     if verify:
@@ -209,7 +229,7 @@ def compile_model(
         },
     }
     if rebirth:
-        rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target,
+        rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target, rpc, tuning_db,
                                                         merge_parallel=passes == "exact" and merge_parallel)
         sites = sites + relearned
         built = fidelity.pop("built")
@@ -304,7 +324,8 @@ def _verify(method: str, built: BuiltModel, module, inputs, rpc):
 
 def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, pool_kernel: str = "auto",
             branches=("pool", "reduce"), allow_more_work: bool = False, preset: str | None = None,
-            calib_count: int | None = None, passes: str = "exact"):
+            calib_count: int | None = None, passes: str = "exact", streamline: bool = True, select: str = "all",
+            tucker: float | None = None):
     """Rebirth a model: exact passes, then relearned streamline merges. Returns ``(module, report)``.
 
     ``calib`` is a folder of images, an ``.npy`` file, an array or iterable of inputs, or
@@ -315,7 +336,8 @@ def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=N
     :func:`rebirth_tvm.build` or use :func:`compile_model` to get it too.
     """
     options = RebirthOptions(calib=calib, hook=hook, sites=sites, pool_kernel=pool_kernel, branches=tuple(branches),
-                             allow_more_work=allow_more_work, preset=preset, calib_count=calib_count)
+                             allow_more_work=allow_more_work, preset=preset, calib_count=calib_count, streamline=streamline,
+                             select=select, tucker=tucker)
     result = compile_model(model, target=target, passes=passes, input_shape=input_shape, rebirth=options)
     return result.module, result.report
 
@@ -330,22 +352,39 @@ def _calibration(options: RebirthOptions, name, specs):
     return load_calibration(options.calib, specs[0].shape, preset=preset, count=options.calib_count, min_samples=3)
 
 
-def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target, merge_parallel: bool):
+def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target, rpc, tuning_db, merge_parallel: bool):
     """Relearned merges, then the end-to-end fidelity on the held-out inputs."""
     from .hooks import resolve_hook
-    from .passes import DistributePoolOverConcat, MergeParallelConvs, Rebirth, record_sites
+    from .passes import DistributePoolOverConcat, LatencySelector, MergeParallelConvs, Rebirth, TuckerDecompose, record_sites
 
     start = time.perf_counter()
-    merge = Rebirth(calibration.train, hook=resolve_hook(options.hook), sites=options.sites, pool_kernel=options.pool_kernel,
-                    branches=tuple(options.branches), allow_more_work=options.allow_more_work)
+    selector = None
+    if options.select == "latency":
+        selector = LatencySelector(target, margin=options.select_margin, rpc=rpc,
+                                   tuning_db=tuning_db if tuning_db and os.path.isdir(tuning_db) else None)
+    hook = resolve_hook(options.hook)
+    merge = Rebirth(calibration.train, hook=hook, sites=options.sites, pool_kernel=options.pool_kernel,
+                    branches=tuple(options.branches), allow_more_work=options.allow_more_work, streamline=options.streamline,
+                    selector=selector) if options.streamline or options.branches else None
     with record_sites() as sites:
         # Exact first: pools after inception modules move into the branches, where they merge.
-        mod = merge(DistributePoolOverConcat(sites=options.sites)(mod))
+        mod = DistributePoolOverConcat(sites=options.sites)(mod)
+        if merge is not None:
+            mod = merge(mod)
+        if options.tucker is not None:
+            mod = TuckerDecompose(calibration.train, hook=hook, sites=options.sites, energy=options.tucker, selector=selector)(mod)
+        relearn_seconds = time.perf_counter() - start
+        tuned = None
+        if options.finetune is not None:
+            from .finetune import finetune
+
+            regenerated = {s.site + suffix for s in sites if s.status == "rewritten" and not s.exact
+                           for suffix in ("_conv", "_bias", "_tucker_restore")}
+            mod, tuned = finetune(mod, regenerated, options.finetune)
         if merge_parallel:
             # Branch merges leave new convs reading the module input (a pool branch's projection,
             # say): the exact sibling merge combines them with the convs already there.
             mod = MergeParallelConvs()(mod)
-    relearn_seconds = time.perf_counter() - start
     built = build(mod, target)
     checked = host_build_for(built, mod)
     batch = specs[0].shape[0]
@@ -364,6 +403,8 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
         "relearn_seconds": round(relearn_seconds, 2),
         "built": built,
     })
+    if tuned:
+        fidelity["finetune"] = tuned
     return mod, list(sites), fidelity
 
 

@@ -174,6 +174,16 @@ def markdown(report: dict[str, Any]) -> str:
                       f"{s['detail']['fidelity_initial']['rel_mse']:.3g} → {s['detail']['fidelity']['rel_mse']:.3g}",
                       f"{s['detail']['fidelity']['cosine']:.4f}", s["detail"]["seconds"],
                   ] for s in relearned])]
+    measured = [s for s in sites if s.get("detail", {}).get("latency", {}).get("before_ms") is not None]
+    if measured:
+        first = measured[0]["detail"]["latency"]
+        parts += ["", f"## Latency selection (--select latency; margin {first['margin']:.0%}, {first['measured_on']}, "
+                      f"{'tuned kernels where the database had them' if first['tuned'] else 'untuned kernels'})", "",
+                  _table(["site", "pass", "block ms", "rewrite ms", "change", "decision"], [[
+                      s["site"], s["pass_name"], f"{s['detail']['latency']['before_ms']:.4g}", f"{s['detail']['latency']['after_ms']:.4g}",
+                      f"{s['detail']['latency']['after_ms'] / s['detail']['latency']['before_ms'] - 1:+.0%}",
+                      "kept" if s["detail"]["latency"]["kept"] else "declined",
+                  ] for s in measured])]
     fidelity = report.get("fidelity")
     if fidelity:
         parts += ["", "## End-to-end fidelity of the reborn model", "", _table(["", ""], [
