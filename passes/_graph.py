@@ -120,3 +120,17 @@ def per_channel(values: np.ndarray, channels: int, ndim: int = 4) -> np.ndarray 
     if padded[1] == channels and all(d == 1 for i, d in enumerate(padded) if i != 1):
         return values.reshape(channels)
     return None
+
+
+def substitute(expr, mapping):
+    """``expr`` with the vars in ``mapping`` replaced (through calls, tuples and projections):
+    for re-emitting a function's bindings into a new one."""
+    if isinstance(expr, relax.Var):
+        return mapping.get(expr, expr)
+    if isinstance(expr, relax.Tuple):
+        return relax.Tuple([substitute(f, mapping) for f in expr.fields])
+    if isinstance(expr, relax.TupleGetItem):
+        return relax.TupleGetItem(substitute(expr.tuple_value, mapping), expr.index)
+    if isinstance(expr, relax.Call):
+        return relax.Call(expr.op, [substitute(a, mapping) for a in expr.args], expr.attrs, expr.ty_args)
+    return expr

@@ -20,7 +20,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._graph import FunctionGraph
+from ._graph import FunctionGraph, substitute
 
 
 class _BlockEmitter:
@@ -111,7 +111,7 @@ class LatencySelector:
         def original(bb, x):
             mapping = {site.input_var: x}
             for binding in bindings:
-                mapping[binding.var] = bb.emit(_substitute(binding.value, mapping), binding.var.name)
+                mapping[binding.var] = bb.emit(substitute(binding.value, mapping), binding.var.name)
             return mapping[site.output_var]
 
         def rewritten(bb, x):
@@ -137,14 +137,3 @@ class LatencySelector:
                 "reason": f"{verdict} by latency: block {before:.3g} ms → rewrite {after:.3g} ms on {where} "
                           f"({after / before - 1:+.0%}; kept only at -{self.margin:.0%} or better)"}
 
-
-def _substitute(expr, mapping):
-    if isinstance(expr, relax.Var):
-        return mapping.get(expr, expr)
-    if isinstance(expr, relax.Tuple):
-        return relax.Tuple([_substitute(f, mapping) for f in expr.fields])
-    if isinstance(expr, relax.TupleGetItem):
-        return relax.TupleGetItem(_substitute(expr.tuple_value, mapping), expr.index)
-    if isinstance(expr, relax.Call):
-        return relax.Call(expr.op, [_substitute(a, mapping) for a in expr.args], expr.attrs, expr.ty_args)
-    return expr

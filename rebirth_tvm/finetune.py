@@ -105,18 +105,12 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
         raise RebirthError("fine-tuning: the model has no weight constants to train")
 
     def emit(bb, data, weight_vars):
+        from .passes._graph import substitute
+
         remap = {func.params[0]: data}
 
         def rebuild(expr):
-            if isinstance(expr, relax.Var):
-                return remap.get(expr, expr)
-            if isinstance(expr, relax.Tuple):
-                return relax.Tuple([rebuild(f) for f in expr.fields])
-            if isinstance(expr, relax.TupleGetItem):
-                return relax.TupleGetItem(rebuild(expr.tuple_value), expr.index)
-            if isinstance(expr, relax.Call):
-                return relax.Call(expr.op, [rebuild(a) for a in expr.args], expr.attrs, expr.ty_args)
-            return expr
+            return substitute(expr, remap)
 
         for i, binding in enumerate(bindings):
             value = binding.value
