@@ -26,6 +26,7 @@ from .merge_conv_pool import MergeConvPool
 from .merge_inception_branches import MergeInceptionBranches
 from .merge_parallel_convs import MergeParallelConvs
 from .rebirth import Rebirth
+from .refit_classifier import RefitClassifier
 from .streamline import StreamlineMerge
 from .tucker_decompose import TuckerDecompose
 
@@ -44,7 +45,7 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth", "TuckerDecompose", "LatencySelector",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth", "TuckerDecompose", "LatencySelector", "RefitClassifier",
     "exact_pipeline",
     "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
 ]

@@ -53,7 +53,10 @@ class RelearnSite:
 
 
 def fidelity(out: np.ndarray, ref: np.ndarray) -> dict:
-    """Relative MSE (‖out − ref‖² / ‖ref‖²) and cosine similarity, over all elements."""
+    """Relative MSE (‖out − ref‖² / ‖ref‖²) and cosine similarity, over all elements.
+
+    Relearned sites measure it on held-out calibration inputs, after the site's ReLU if it has one.
+    """
     out, ref = out.reshape(-1).astype(np.float64), ref.reshape(-1).astype(np.float64)
     rel_mse = float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-30))
     cosine = float(out @ ref / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-30))
@@ -155,11 +158,20 @@ class RelearnPass:
     hook: ``"lstsq"`` or a callable ``hook(RetrainSite) -> (weight, bias)``.
     sites: ``"all"`` or site names / glob patterns (``"inception_4*"``) to rewrite; other sites
         are left alone and reported as not selected.
+    selector: decides per site, before relearning, whether the rewrite is worth making
+        (:class:`~rebirth_tvm.passes.LatencySelector`); None rewrites every site.
+    targets: ``"original"`` (default): the teacher block applied to the original network's
+        activations, so a site also undoes the error of the rewrites below it; ``"block"``: the
+        teacher block applied to the reborn network's activations (pure block imitation).
+    max_site_error: a relearned site whose held-out relative MSE stays above this is put back
+        as it was and reported as refused, with its numbers (None: no limit). Errors compound
+        through the layers above, so one bad merge can cost more accuracy than many good ones.
     """
 
     pass_name = "RelearnPass"
 
-    def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", selector=None):
+    def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", selector=None, max_site_error: float | None = None,
+                 targets: str = "original"):
         from rebirth_tvm.hooks import resolve_hook
 
         self.calibration = np.asarray(calibration, dtype=np.float32)
@@ -169,6 +181,10 @@ class RelearnPass:
         self.selection = None if sites == "all" else ([sites] if isinstance(sites, str) else list(sites))
         #: decides per site whether the rewrite is worth it (e.g. :class:`LatencySelector`); None keeps all.
         self.selector = selector
+        self.max_site_error = max_site_error
+        if targets not in ("original", "block"):
+            raise ValueError(f"targets must be 'original' or 'block', not {targets!r}")
+        self.targets = targets
 
     def selected(self, name: str) -> bool:
         return self.selection is None or any(fnmatch.fnmatchcase(name, p) for p in self.selection)
@@ -178,13 +194,16 @@ class RelearnPass:
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
         self.sites: list[SiteRecord] = []
+        self._reference = mod  # the network as it came: where the targets come from
+        self._relearned: set[str] = set()  # sites rewritten so far (their new convs are named after them)
         rewritten: list[SiteRecord] = []
         refused: dict[str, str] = {}
         # Calibration inputs feed main's first parameter, so only main is rewritten.
         has_main = any(gv.name_hint == "main" for gv in mod.get_global_vars())
         # tqdm's disable=None shows the bar on a terminal only, so logs and pipes stay clean.
         progress = tqdm(desc=f"{self.pass_name}: relearning", unit=" site", disable=None, leave=False)
-        declined: dict[str, dict] = {}  # sites the selector measured and turned down
+        declined: dict[str, dict] = {}  # sites the selector measured, or the error limit, turned down
+        guarded: dict[str, SiteRecord] = {}  # relearned, but put back: too far from the teacher
         decisions: dict[str, dict] = {}
         while has_main:
             # Bottom-up: take the lowest site that can be rewritten now, relearn it on the
@@ -215,11 +234,17 @@ class RelearnPass:
             record = self.sites.pop()
             if site.name in decisions:
                 record.detail["latency"] = decisions[site.name]
+            if record.status == REFUSED:  # over max_site_error: the module came back unchanged
+                guarded[site.name] = record
+                declined[site.name] = {"reason": record.reason}
+                continue
             rewritten.append(record)
+            self._relearned.add(site.name)
             progress.update()
         progress.close()
-        self.sites = rewritten + [SiteRecord(self.pass_name, n, REFUSED, r, exact=False,
-                                             detail={"latency": declined[n]} if n in declined else {}) for n, r in refused.items()]
+        self.sites = rewritten + [guarded.get(n) or SiteRecord(self.pass_name, n, REFUSED, r, exact=False,
+                                                              detail={"latency": declined[n]} if n in declined else {})
+                                  for n, r in refused.items()]
         publish(self.sites)
         return mod
 
@@ -228,7 +253,7 @@ class RelearnPass:
 
         start = time.perf_counter()
         inputs = activations(mod, site.input_var, self.calibration)
-        targets = site.teacher(inputs)
+        targets = self.targets_for(site, inputs)
         held = max(1, len(inputs) // 5)
         train_x, train_t, test_x, test_t = inputs[:-held], targets[:-held], inputs[-held:], targets[-held:]
         retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher,
@@ -239,9 +264,15 @@ class RelearnPass:
         expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)
         if weight.shape != expected or bias.shape != (expected[0],):
             raise ValueError(f"hook returned weight {weight.shape} / bias {bias.shape} for site {site.name}, expected {expected} / {(expected[0],)}")
-        before = fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t)
-        after = fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t)
+        # Measured on what the network passes on: after the ReLU where one follows (the negative
+        # part of a pre-activation never reaches the next layer).
+        act = (lambda z: np.maximum(z, 0)) if site.relu else (lambda z: z)
+        before = fidelity(act(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry)), act(test_t))
+        after = fidelity(act(conv2d_numpy(test_x, weight, bias, site.geometry)), act(test_t))
         g = site.geometry
+        if self.too_far(site.name, after, {"pattern": site.pattern, "fidelity_initial": before, "fidelity": after,
+                                           "seconds": round(time.perf_counter() - start, 3)}):
+            return mod
         build = self.replacement(site, weight, bias)
         mod = apply_plan(mod, {site.output_var: build})
         in_shape = [int(d) for d in site.input_var.ty.shape]
@@ -259,6 +290,56 @@ class RelearnPass:
         ))
         return mod
 
+
+    def targets_for(self, site: RelearnSite, inputs: np.ndarray) -> np.ndarray:
+        """What the new conv must produce for ``inputs`` (the reborn network's activations).
+
+        With ``targets="original"``: what the ORIGINAL network computed there, so the new conv
+        maps what the reborn network really feeds it to the original values, and each site also
+        corrects the drift of the sites below it instead of passing it on (otherwise errors
+        compound layer by layer). For a site whose block starts with an original conv, that is
+        the teacher block run on the original network's input activations (pre-activation
+        targets). A chain site's block starts with a conv relearned by this pass (conv1 → pool1 →
+        LRN: the LRN merge sees the new conv), which was never in the original network; its
+        targets are the original network's value at the site's output. ``targets="block"`` (or
+        a value the original network does not have): the block run on ``inputs``.
+        """
+        if site.unit.conv_var.name.endswith("_conv") and site.unit.conv_var.name[:-len("_conv")] in self._relearned:
+            original_out = self.reference_activations(site.output_var)
+            if original_out is not None:
+                return original_out
+        else:
+            original_in = self.reference_activations(site.input_var)
+            if original_in is not None:
+                return site.teacher(original_in)
+        return site.teacher(inputs)
+
+    def reference_activations(self, var) -> np.ndarray | None:
+        """``var``'s values in the network as the pass received it, or None if it has no such var."""
+        reference = getattr(self, "_reference", None)
+        if self.targets != "original" or reference is None:
+            return None
+        func = reference["main"]
+        # Rewrites re-emit bindings, so the same value may be a new Var object here: look it up
+        # by name (bindings are named after ONNX nodes) and shape, and only if unambiguous.
+        shape = [int(d) for d in var.ty.shape]
+        found = [p for p in func.params if p.name == var.name] + [
+            b.var for block in func.body.blocks for b in block.bindings if b.var.name == var.name]
+        if len(found) != 1 or [int(d) for d in found[0].ty.shape] != shape:
+            return None
+        cache = self.__dict__.setdefault("_reference_cache", {})
+        if var.name not in cache:
+            cache[var.name] = activations(reference, found[0], self.calibration)
+        return cache[var.name]
+
+    def too_far(self, name: str, after: dict, detail: dict) -> bool:
+        """Record a refusal and say so if the relearned site misses ``max_site_error``."""
+        if self.max_site_error is None or after["rel_mse"] <= self.max_site_error:
+            return False
+        self.sites.append(SiteRecord(self.pass_name, name, REFUSED,
+                                     f"relearned, but held-out relative MSE {after['rel_mse']:.3g} stays above the limit "
+                                     f"{self.max_site_error:g}: left as it was", exact=False, detail=detail))
+        return True
 
     def replacement(self, site: RelearnSite, weight: np.ndarray | None = None, bias: np.ndarray | None = None):
         """``build(emitter)`` for the site's new block: conv (+ bias) (+ ReLU) on the site's input.

@@ -33,14 +33,16 @@ class Rebirth(CombinedRelearn):
     streamline: run the streamline rules (conv+LRN, conv+pool); ``False`` with ``branches`` set
         gives branch merging alone (the paper's ablation).
     selector: e.g. :class:`LatencySelector`: rewrite only the sites that measure faster.
+    max_site_error: put back any site whose relearned held-out relative MSE stays above this.
+    targets: ``"original"`` (default) or ``"block"``; see :class:`RelearnPass`.
     """
 
     pass_name = "Rebirth"
 
     def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", pool_kernel: str = "auto",
                  branches=("pool", "reduce"), branch_pool_kernel: str = "keep", allow_more_work: bool = False,
-                 streamline: bool = True, selector=None):
-        super().__init__(calibration, hook, sites, selector)
+                 streamline: bool = True, selector=None, max_site_error: float | None = None, targets: str = "original"):
+        super().__init__(calibration, hook, sites, selector, max_site_error, targets)
         if set(branches) - {"pool", "reduce"}:
             raise ValueError(f"branches must be from ('pool', 'reduce'), got {branches}")
         if not streamline and not branches:

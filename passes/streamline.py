@@ -21,12 +21,13 @@ from .merge_conv_pool import MergeConvPool
 class StreamlineMerge(CombinedRelearn):
     """Merge conv (+ReLU) with the LRNs and pools that follow it, chains included; relearned.
 
-    Parameters: ``calibration``, ``hook``, ``sites`` as for :class:`RelearnPass`; ``kernel`` for
-    the pool merges (``"auto"``, ``"cover"`` or ``"keep"``).
+    Parameters: ``calibration``, ``hook``, ``sites``, ``selector``, ``max_site_error``, ``targets``
+    as for :class:`RelearnPass`; ``kernel`` for the pool merges (``"auto"``, ``"cover"`` or ``"keep"``).
     """
 
     pass_name = "StreamlineMerge"
 
-    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "auto", sites="all"):
-        super().__init__(calibration, hook, sites)
+    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "auto", sites="all", selector=None,
+                 max_site_error: float | None = None, targets: str = "original"):
+        super().__init__(calibration, hook, sites, selector, max_site_error, targets)
         self.rules = [MergeConvLRN(calibration, hook, sites), MergeConvPool(calibration, hook, kernel, sites)]

@@ -113,13 +113,13 @@ class TuckerDecompose(RelearnPass):
     pass_name = "TuckerDecompose"
 
     def __init__(self, calibration=None, hook="lstsq", sites="all", energy: float = 0.9, ranks=None,
-                 allow_more_work: bool = False, selector=None):
+                 allow_more_work: bool = False, selector=None, max_site_error: float | None = None):
         if calibration is None:
             calibration = np.zeros((2, 1, 1, 1), np.float32)  # only full-rank (exact) sites need none
             self.has_calibration = False
         else:
             self.has_calibration = True
-        super().__init__(calibration, hook, sites, selector)
+        super().__init__(calibration, hook, sites, selector, max_site_error)
         if not 0 < energy <= 1:
             raise ValueError(f"energy must be in (0, 1], got {energy}")
         self.energy, self.ranks, self.allow_more_work = energy, dict(ranks or {}), allow_more_work
@@ -194,7 +194,8 @@ class TuckerDecompose(RelearnPass):
             reason = f"full ranks ({rank_in}, {rank_out}): exact, kernel reconstruction error {site.weight_error:.2g}"
         else:
             inputs = activations(mod, site.input_var, self.calibration)
-            targets = compiled_teacher(lambda bb, x: emit_conv_unit(bb, unit, x))(inputs)
+            original = self.reference_activations(site.input_var)  # see RelearnPass.targets_for
+            targets = compiled_teacher(lambda bb, x: emit_conv_unit(bb, unit, x))(original if original is not None else inputs)
             reduced = compiled_teacher(lambda bb, x: self._emit_reduce(bb, unit, x, first, core))(inputs)
             held = max(1, len(inputs) // 5)
             geometry = ConvGeometry(rank_out, unit.channels, (1, 1))
@@ -203,8 +204,11 @@ class TuckerDecompose(RelearnPass):
             new_last, new_bias = np.asarray(new_last, np.float64), np.asarray(new_bias, np.float64)
             if new_last.shape != last.shape or new_bias.shape != bias.shape:
                 raise ValueError(f"hook returned weight {new_last.shape} / bias {new_bias.shape} for site {site.name}, expected {last.shape} / {bias.shape}")
-            before = fidelity(conv2d_numpy(reduced[-held:], last, bias, geometry), targets[-held:])
-            after = fidelity(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry), targets[-held:])
+            act = (lambda z: np.maximum(z, 0)) if site.relu else (lambda z: z)  # what the next layer sees
+            before = fidelity(act(conv2d_numpy(reduced[-held:], last, bias, geometry)), act(targets[-held:]))
+            after = fidelity(act(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry)), act(targets[-held:]))
+            if self.too_far(site.name, after, {**detail, "fidelity_initial": before, "fidelity": after}):
+                return mod
             last, bias = new_last, new_bias
             fit = getattr(self.hook, "last_fit", None)
             detail.update(fidelity_initial=before, fidelity=after, held_out=held, calibration=len(inputs), **({"fit": fit} if fit else {}))
