@@ -5,6 +5,8 @@ Sources, in the order users have them:
 * a folder of images (JPEG/PNG/BMP), preprocessed by the model's preset;
 * an ``.npy`` array, already preprocessed, ``(N, C, H, W)`` or one sample ``(C, H, W)``;
 * a numpy array or any iterable of ``(C, H, W)`` / ``(1, C, H, W)`` arrays;
+* ``"fashion-mnist"``: Fashion-MNIST training images (labels unused) from Debian's
+  ``dataset-fashion-mnist``, for models that take ``(1, 28, 28)`` inputs (the trained teacher);
 * ``"random"``: standard-normal inputs, only when asked for by name, and labelled as such in
   every report (fidelity on random inputs says little about real images).
 
@@ -22,12 +24,16 @@ import numpy as np
 
 from .errors import RebirthError
 
+#: The name that selects Fashion-MNIST's training images as calibration inputs.
+FASHION_MNIST = "fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 
 #: name → (mean, std, resize ratio before the centre crop, channels); images are scaled to [0, 1] first.
 PRESETS = {
     # torchvision's ImageNet convention: resize the short side to 256/224 of the crop, crop, normalise.
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256 / 224, 3),
+    # EfficientNet-Lite (TF-Lite's convention): pixels in 0..255, (x - 127) / 128.
+    "efficientnet-lite": ((127 / 255,) * 3, (128 / 255,) * 3, 256 / 224, 3),
     # single-channel images in [0, 1], resized straight to the input size (e.g. Fashion-MNIST).
     "gray": ((0.0,), (1.0,), 1.0, 1),
 }
@@ -78,7 +84,14 @@ def load_calibration(source, input_shape: Sequence[int], preset: str = "imagenet
         raise RebirthError(f"unknown preprocessing preset {preset!r}; known: {', '.join(PRESETS)}")
     sample_shape = tuple(int(d) for d in input_shape[1:])
     is_random = isinstance(source, str) and source == "random"
-    if is_random:
+    if isinstance(source, str) and source == FASHION_MNIST:
+        from .datasets import fashion_mnist_inputs
+
+        if sample_shape != (1, 28, 28):
+            raise RebirthError(f"--calib {FASHION_MNIST} gives 1x28x28 images; the model takes {'x'.join(map(str, sample_shape))}")
+        data = fashion_mnist_inputs("train", count)
+        label = f"{len(data)} Fashion-MNIST training images (labels unused)"
+    elif is_random:
         n = count or 32
         data = np.random.default_rng(seed).standard_normal((n, *sample_shape)).astype(np.float32)
         label = "random"

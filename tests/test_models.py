@@ -24,7 +24,8 @@ from onnx import numpy_helper, shape_inference
 from rebirth_tvm.models import MODELS, ModelSpec, build_model, list_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-NAMES = list(MODELS)
+# The architectures with seeded random weights; the trained Fashion-MNIST teacher has its own tests.
+NAMES = [name for name, spec in MODELS.items() if not spec.trained]
 
 # ---------------------------------------------------------------- expectations
 EXPECTED_OPS: dict[str, dict[str, int]] = {
@@ -128,14 +129,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 # ------------------------------------------------------------------ registry
 def test_registry():
-    assert list_models() == ["googlenet", "alexnet", "resnet18", "resnet50", "squeezenet1_0", "squeezenet1_1", "mobilenet_v2"]
-    assert set(EXPECTED_OPS) == set(MODELS)
+    assert list_models() == ["googlenet", "alexnet", "resnet18", "resnet50", "squeezenet1_0", "squeezenet1_1", "mobilenet_v2",
+                             "fashion_googlenet"]
+    assert set(EXPECTED_OPS) == set(NAMES)
     for name, spec in MODELS.items():
         assert isinstance(spec, ModelSpec)
         assert spec.name == name
-        assert spec.preset == "imagenet"
+        assert spec.preset == ("gray" if spec.trained else "imagenet")
+        assert spec.classes == (10 if spec.trained else 1000)
         assert spec.description and "\n" not in spec.description
-        assert len(spec.input_shape) == 4 and spec.input_shape[:2] == (1, 3)
+        assert len(spec.input_shape) == 4 and spec.input_shape[:2] == ((1, 1) if spec.trained else (1, 3))
         assert callable(spec.builder)
     with pytest.raises(AttributeError):
         MODELS["googlenet"].name = "x"  # frozen
@@ -338,3 +341,31 @@ def test_cli_unknown_model(tmp_path):
     assert len(lines) == 1
     assert lines[0].startswith("error: unknown model 'nope'; known: googlenet, alexnet")
     assert not out.exists() and os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------ trained teacher
+def test_fashion_teacher_signature_and_ops():
+    m = build_model("fashion_googlenet")
+    onnx.checker.check_model(m, full_check=True)
+    assert [(o.domain, o.version) for o in m.opset_import] == [("", 13)]
+    (inp,), (out,) = m.graph.input, m.graph.output
+    assert (inp.name, _dims(inp)) == ("data", (1, 1, 28, 28))
+    assert (out.name, _dims(out)) == ("logits", (1, 10))
+    # Everything the method merges: stem conv + max pool + LRN, 5 inception modules with pool
+    # branches and 1x1 reduces (6 convs each), max pools between stages, BN after every conv.
+    counts = Counter(n.op_type for n in m.graph.node)
+    assert counts == {"Conv": 33, "BatchNormalization": 33, "Relu": 33, "MaxPool": 8, "LRN": 2, "Concat": 5,
+                      "GlobalAveragePool": 1, "Flatten": 1, "Gemm": 1}
+    # Trained, not drawn: the seed changes nothing.
+    assert _init_digest(build_model("fashion_googlenet", seed=1)) == _init_digest(m)
+
+
+def test_fashion_teacher_is_trained():
+    """The committed teacher classifies real Fashion-MNIST test images (>= 90% on 1,000 of them)."""
+    from rebirth_tvm.datasets import as_inputs, fashion_mnist
+
+    images, labels = fashion_mnist("test")
+    session = _ort_session(build_model("fashion_googlenet"))
+    x = as_inputs(images[:1000])
+    predictions = [int(np.argmax(session.run(["logits"], {"data": x[i:i + 1]})[0])) for i in range(len(x))]
+    assert np.mean(np.array(predictions) == labels[:1000]) >= 0.90

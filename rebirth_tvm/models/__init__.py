@@ -14,8 +14,9 @@ softmax) of shape ``(1, 1000)``.
 >>> m.graph.output[0].name
 'logits'
 
-The weights are random, so the logits are meaningless as predictions; the
-zoo exists to exercise compiler passes on realistic graph structures
+The weights are random (except ``fashion_googlenet``, a small GoogLeNet
+trained on Fashion-MNIST and committed as ONNX, with 10 logits), so the
+logits are meaningless as predictions; the zoo exists to exercise compiler passes on realistic graph structures
 (LRN, ceil-mode pooling, grouped/depthwise conv, BN folding, residual adds,
 inception concats).  ``ModelSpec.preset`` names the input preprocessing a
 real checkpoint of that architecture would expect.
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 import onnx
 
 from . import alexnet as _alexnet
+from . import fashion as _fashion
 from . import googlenet as _googlenet
 from . import mobilenet as _mobilenet
 from . import resnet as _resnet
@@ -46,6 +48,10 @@ class ModelSpec:
     input_shape: tuple[int, int, int, int]
     description: str
     preset: str = "imagenet"
+    classes: int = 1000
+    #: False for seeded random weights (the builder's ``seed`` draws them); True for a trained,
+    #: committed model (the seed is ignored).
+    trained: bool = False
 
 
 _SPECS = (
@@ -90,6 +96,15 @@ _SPECS = (
         _mobilenet.mobilenet_v2,
         _mobilenet.INPUT_SHAPE,
         "MobileNetV2 1.0 (torchvision): inverted residuals, depthwise convs, ReLU6 as Clip",
+    ),
+    ModelSpec(
+        "fashion_googlenet",
+        _fashion.fashion_googlenet,
+        _fashion.INPUT_SHAPE,
+        "GoogLeNet-style teacher TRAINED on Fashion-MNIST (28x28 grey, 10 classes): conv+pool+LRN stem, 5 inception modules, BN",
+        preset="gray",
+        classes=_fashion.CLASSES,
+        trained=True,
     ),
 )
 
