@@ -58,6 +58,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"(tolerance {verification['tolerance']:g}) -> passed"
             + (f"; latency there {timing['median']:.2f} ms median" if timing else "")
         )
+    evaluation = report.get("evaluation")
+    if evaluation:
+        lines.append(f"accuracy on {evaluation['images']:,} {evaluation['dataset']} images: top-1 {evaluation['top1_before']:.2%} -> "
+                     f"{evaluation['top1_after']:.2%} ({100 * (evaluation['top1_after'] - evaluation['top1_before']):+.2f} points), "
+                     f"agreement {evaluation['agreement']:.2%}")
+        lines.append(f"speed: {evaluation['latency_ms_before']['median']:.3g} ms -> {evaluation['latency_ms_after']['median']:.3g} ms "
+                     f"median per image ({evaluation['speedup']:.2f}x; {evaluation['note']})")
     lines.append(f"compile: {report['compile_seconds']:.1f} s for {json_target(report['target'])}")
     return lines
 
@@ -89,6 +96,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--input-shape", default=None, help="fixed input shape, e.g. 1,3,224,224 (or name=1,3,224,224;other=...); required for dynamic dimensions")
     parser.add_argument("--allow-kernel-padding", action="store_true", help="let MergeParallelConvs merge different kernel sizes by zero-padding them (exact, but more FLOPs)")
     parser.add_argument("--skip-merge-parallel", action="store_true", help="do not merge sibling convs that read the same tensor")
+    parser.add_argument("--evaluate", default=None, metavar="DATASET[:N]", help="classify a labelled test set (fashion-mnist: its 10,000 test images, or :N of them) with the model as imported and as compiled, time both, and print top-1 and speed before and after")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random inputs used to check the result (default 0)")
     rebirth = parser.add_argument_group("rebirth (relearned merges: conv+pool, conv+LRN, chains of them)")
     rebirth.add_argument("--rebirth", action="store_true", help="also merge conv with the pools and LRNs after it, relearning the new convs against the original blocks")
@@ -102,6 +110,8 @@ def make_parser() -> argparse.ArgumentParser:
     rebirth.add_argument("--select", default="all", choices=["all", "latency"], help="all: rewrite every site that can be (default); latency: time each site's block and its rewrite on the target (here, or over --rpc-tracker; tuned kernels where --tuning-db has them) and keep only rewrites faster by --select-margin")
     rebirth.add_argument("--select-margin", type=float, default=0.05, help="how much faster a rewrite must measure to be kept with --select latency (default 0.05: 5%%)")
     rebirth.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also Tucker-2 decompose the k×k convs left (1×1 → k×k → 1×1), ranks keeping this fraction of each mode's energy (e.g. 0.9), relearned by the hook")
+    rebirth.add_argument("--max-site-error", type=float, default=None, metavar="REL_MSE", help="put back (and report as refused) any relearned site whose held-out relative MSE stays above this, e.g. 0.05 (default: keep every relearned site)")
+    rebirth.add_argument("--refit-classifier", action="store_true", help="after the merges, refit the final fully connected layer (least squares, no labels) from the reborn features to the original logits")
     rebirth.add_argument("--no-streamline", action="store_true", help="skip the streamline merges (conv+pool, conv+LRN): branch merges only")
     rebirth.add_argument("--allow-more-work", action="store_true", help="also make branch merges that add MACs (by default they are refused and the report says by how much)")
     rebirth.add_argument("--save-onnx", default=None, metavar="FILE", help="also write the rewritten model as ONNX (runs in onnxruntime)")
@@ -130,7 +140,8 @@ def main(argv=None) -> int:
             rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
                                      branches=branches, allow_more_work=args.allow_more_work,
                                      preset=args.preset, calib_count=args.calib_count, streamline=not args.no_streamline,
-                                     select=args.select, select_margin=args.select_margin, tucker=args.tucker)
+                                     select=args.select, select_margin=args.select_margin, tucker=args.tucker,
+                                     max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
         elif args.calib:
             raise RebirthError("--calib is only used with --rebirth")
         if args.rpc_key and not args.rpc_tracker:
@@ -145,7 +156,7 @@ def main(argv=None) -> int:
             merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
             tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task,
             rpc=RpcDevice.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None,
-            verify=args.verify, runner=args.runner,
+            verify=args.verify, runner=args.runner, evaluate=args.evaluate,
             tuning_db=args.tuning_db or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "tuning-db") if args.tune_trials else None),
         )
         write_result(result, args.out, onnx_path=args.save_onnx)

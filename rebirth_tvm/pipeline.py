@@ -72,6 +72,10 @@ class RebirthOptions:
     select_margin: float = 0.05
     #: Tucker-2 decomposition of the remaining k×k convs at this energy (e.g. 0.9), or None.
     tucker: float | None = None
+    #: put back any relearned site whose held-out relative MSE stays above this (None: keep all).
+    max_site_error: float | None = None
+    #: refit the final FC layer to the original logits after the merges (:class:`RefitClassifier`).
+    refit_classifier: bool = False
 
 
 @dataclass
@@ -141,6 +145,7 @@ def compile_model(
     rpc=None,
     verify: str | None = None,
     runner: bool = False,
+    evaluate: str | None = None,
 ) -> CompileResult:
     """Import, rewrite, build and check one model.
 
@@ -165,6 +170,8 @@ def compile_model(
         the native runner), ``"native"`` (an x86 build with the native runner) or ``"rpc"``
         (on the RPC device, which also times it there).
     runner: also build the native runner (``rebirth-run``) for the target; written beside model.so.
+    evaluate: ``"fashion-mnist"`` or ``"fashion-mnist:N"``: classify the labelled test images with
+        the model as imported and as compiled, and time both (report ``evaluation``).
     allow_kernel_padding: let MergeParallelConvs zero-pad kernels of different sizes.
     merge_parallel: run MergeParallelConvs at all.
     seed: seed of the random inputs used for the check.
@@ -180,6 +187,12 @@ def compile_model(
     specs = graph_inputs(onnx_model, input_shape)
     name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
     calibration = _calibration(rebirth, name, specs) if rebirth else None  # bad input fails fast
+    if evaluate:
+        from .evaluate import parse
+
+        evaluation_set = parse(evaluate)
+        if not runs_here(tvm_target):
+            raise RebirthError(f"--evaluate runs the compiled model, and {report_mod.target_label(describe(tvm_target))} builds cannot run here")
     if rebirth and rebirth.select not in ("all", "latency"):
         raise RebirthError(f"select must be 'all' or 'latency', not {rebirth.select!r}")
     if rebirth and rebirth.select == "latency" and rpc is None and not runs_here(tvm_target):
@@ -253,6 +266,13 @@ def compile_model(
     library = None
     if verify:
         library, report["verification"] = _verify(verify, built, rewritten, [inputs[s.name] for s in specs], rpc)
+    if evaluate:
+        from .evaluate import before_and_after, labelled_test_set
+
+        labelled_test_set(evaluation_set[0], 1, specs[0].shape)  # a missing dataset fails before the long part
+        report["evaluation"] = before_and_after(build(original, tvm_target), built, *evaluation_set, specs[0].shape)
+        if "tuning" in report:
+            report["evaluation"]["note"] = "the original is TVM-built untuned, the result tuned; timed round-robin in one process"
     runner_path = None
     if runner:
         from .native import arch_of, build_runner
@@ -325,7 +345,7 @@ def _verify(method: str, built: BuiltModel, module, inputs, rpc):
 def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, pool_kernel: str = "auto",
             branches=("pool", "reduce"), allow_more_work: bool = False, preset: str | None = None,
             calib_count: int | None = None, passes: str = "exact", streamline: bool = True, select: str = "all",
-            tucker: float | None = None):
+            tucker: float | None = None, max_site_error: float | None = None, refit_classifier: bool = False):
     """Rebirth a model: exact passes, then relearned streamline merges. Returns ``(module, report)``.
 
     ``calib`` is a folder of images, an ``.npy`` file, an array or iterable of inputs, or
@@ -337,7 +357,7 @@ def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=N
     """
     options = RebirthOptions(calib=calib, hook=hook, sites=sites, pool_kernel=pool_kernel, branches=tuple(branches),
                              allow_more_work=allow_more_work, preset=preset, calib_count=calib_count, streamline=streamline,
-                             select=select, tucker=tucker)
+                             select=select, tucker=tucker, max_site_error=max_site_error, refit_classifier=refit_classifier)
     result = compile_model(model, target=target, passes=passes, input_shape=input_shape, rebirth=options)
     return result.module, result.report
 
@@ -355,7 +375,8 @@ def _calibration(options: RebirthOptions, name, specs):
 def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target, rpc, tuning_db, merge_parallel: bool):
     """Relearned merges, then the end-to-end fidelity on the held-out inputs."""
     from .hooks import resolve_hook
-    from .passes import DistributePoolOverConcat, LatencySelector, MergeParallelConvs, Rebirth, TuckerDecompose, record_sites
+    from .passes import (DistributePoolOverConcat, LatencySelector, MergeParallelConvs, Rebirth, RefitClassifier, TuckerDecompose,
+                         record_sites)
 
     start = time.perf_counter()
     selector = None
@@ -365,14 +386,17 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
     hook = resolve_hook(options.hook)
     merge = Rebirth(calibration.train, hook=hook, sites=options.sites, pool_kernel=options.pool_kernel,
                     branches=tuple(options.branches), allow_more_work=options.allow_more_work, streamline=options.streamline,
-                    selector=selector) if options.streamline or options.branches else None
+                    selector=selector, max_site_error=options.max_site_error) if options.streamline or options.branches else None
     with record_sites() as sites:
         # Exact first: pools after inception modules move into the branches, where they merge.
-        mod = DistributePoolOverConcat(sites=options.sites)(mod)
+        mod = reference = DistributePoolOverConcat(sites=options.sites)(mod)
         if merge is not None:
             mod = merge(mod)
         if options.tucker is not None:
-            mod = TuckerDecompose(calibration.train, hook=hook, sites=options.sites, energy=options.tucker, selector=selector)(mod)
+            mod = TuckerDecompose(calibration.train, hook=hook, sites=options.sites, energy=options.tucker, selector=selector,
+                                  max_site_error=options.max_site_error)(mod)
+        if options.refit_classifier:
+            mod = RefitClassifier(calibration.train, reference, hook=hook)(mod)
         relearn_seconds = time.perf_counter() - start
         tuned = None
         if options.finetune is not None:

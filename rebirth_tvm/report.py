@@ -199,6 +199,13 @@ def markdown(report: dict[str, Any]) -> str:
         ])]
         if fidelity.get("random_inputs"):
             parts += ["", "**Calibration used random inputs, not real data: these fidelity numbers say little about real images.**"]
+    evaluation = report.get("evaluation")
+    if evaluation:
+        parts += ["", f"## Before and after on {evaluation['images']:,} labelled images ({evaluation['dataset']})", "",
+                  _table(["", "as imported", "compiled"], [
+                      ["top-1", f"{evaluation['top1_before']:.2%}", f"{evaluation['top1_after']:.2%}"],
+                      ["median latency per image (ms)", f"{evaluation['latency_ms_before']['median']:.3g}", f"{evaluation['latency_ms_after']['median']:.3g}"],
+                  ]), "", f"Agreement of the two: {evaluation['agreement']:.2%}; speed-up {evaluation['speedup']:.2f}x ({evaluation['note']})."]
     summary = Counter((s["pass_name"], s["status"]) for s in sites)
     if summary:
         parts += ["", "Summary: " + "; ".join(f"{p} {st} {n}" for (p, st), n in sorted(summary.items()))]

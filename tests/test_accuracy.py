@@ -1,0 +1,82 @@
+"""Accuracy on real labelled images: the reborn Fashion-MNIST teacher against the teacher.
+
+The fast version of benchmarks/results/accuracy.json (`python -m rebirth_tvm.accuracy`): 300
+unlabelled training images, the least-squares hook, the per-site error limit 0.2 and the
+classifier refit (the guarded configuration the README recommends), the first 500 test images.
+Bound: the reborn model's top-1 within BOUND_POINTS of the teacher's on those 500 images and at
+least MIN_AGREEMENT agreement with it. The bound is what this configuration reaches, with a
+margin, not the issue's 1-point goal: accuracy.json has the full-size numbers.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from rebirth_tvm.accuracy import Variant, default_grid, markdown, parse_variant, plot
+from rebirth_tvm.errors import RebirthError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEST_IMAGES, CALIB_IMAGES, BOUND_POINTS, MIN_AGREEMENT = 500, 300, 6.0, 0.90
+
+
+def test_reborn_teacher_stays_within_bound_of_the_teacher(tmp_path):
+    out = tmp_path / "fashion"
+    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "fashion_googlenet", "--rebirth",
+                           "--calib", "fashion-mnist", "--calib-count", str(CALIB_IMAGES), "--max-site-error", "0.2", "--refit-classifier",
+                           "--evaluate", f"fashion-mnist:{TEST_IMAGES}",
+                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads((out / "report.json").read_text())
+    evaluation = report["evaluation"]
+    assert evaluation["images"] == TEST_IMAGES
+    assert evaluation["top1_before"] >= 0.88  # the trained teacher, on real labels
+    assert evaluation["top1_after"] >= evaluation["top1_before"] - BOUND_POINTS / 100, evaluation
+    assert evaluation["agreement"] >= MIN_AGREEMENT
+    assert evaluation["latency_ms_before"]["median"] > 0 and evaluation["latency_ms_after"]["median"] > 0
+    relearned = [s for s in report["sites"] if s["status"] == "rewritten" and not s["exact"]]
+    limited = [s for s in report["sites"] if "stays above the limit" in s["reason"]]
+    assert len(relearned) >= 5 and all(s["detail"]["fidelity"]["rel_mse"] <= 0.2 for s in relearned if s["pass_name"] == "Rebirth")
+    assert all(s["status"] == "refused" and s["detail"]["fidelity"]["rel_mse"] > 0.2 for s in limited)
+    assert "Fashion-MNIST training images (labels unused)" in report["fidelity"]["calibration"]
+    assert "accuracy on 500 fashion-mnist test split images: top-1" in proc.stdout and "speed:" in proc.stdout
+
+
+def test_evaluate_refuses_what_it_cannot_run(tmp_path):
+    for args, message in [(["--evaluate", "imagenet"], "known labelled datasets: fashion-mnist"),
+                          (["--evaluate", "fashion-mnist:0"], "N must be a positive number"),
+                          (["--model", "squeezenet1_1", "--evaluate", "fashion-mnist"], "gives 1x28x28 images; the model takes 3x224x224"),
+                          (["--target", "arm", "--evaluate", "fashion-mnist"], "aarch64 builds cannot run here")]:
+        model = [] if "--model" in args else ["--model", "fashion_googlenet"]
+        proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", *model, *args, "--out", str(tmp_path / "o")],
+                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert not (tmp_path / "o").exists()
+
+
+def test_experiment_grid_and_variant_names():
+    grid = default_grid(("lstsq", "sgd"), (100, 1000, 10000), finetune=True, tucker=0.9)
+    names = [v.name for v in grid]
+    assert names == ["both/lstsq/1000", "streamline/lstsq/1000", "branch/lstsq/1000", "both/sgd/1000", "both/lstsq/100",
+                     "both/lstsq/10000", "both/lstsq/1000+finetune", "both/lstsq/1000+tucker0.9"]
+    assert parse_variant("branch/sgd/1000+finetune") == Variant("branch", "sgd", 1000, True)
+    assert parse_variant("both/lstsq/1000+tucker0.8") == Variant("both", "lstsq", 1000, False, 0.8)
+    assert parse_variant("both/lstsq/1000+max0.2+refit+finetune0.001") == Variant("both", "lstsq", 1000, True, None, 0.2, True, 0.001)
+    assert parse_variant("both/lstsq/1000+max0.2+refit+finetune0.001").name == "both/lstsq/1000+finetune0.001+max0.2+refit"
+    with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):
+        parse_variant("all/lstsq/10")
+
+
+def test_results_render_as_table_and_png(tmp_path):
+    result = {"model": "fashion_googlenet", "test_images": 10000, "teacher_top1": 0.92, "exact_top1": 0.92, "exact_agreement": 1.0,
+              "variants": [{"name": "both/lstsq/1000", "ablation": "both", "hook": "lstsq", "calib_images": 1000, "finetune": False, "tucker": None,
+                            "reborn_top1": 0.915, "top1_change_points": -0.5, "agreement": 0.98, "relearned_sites": 20,
+                            "refused_sites": 3, "seconds": 60.0}]}
+    text = markdown(result)
+    assert "| both/lstsq/1000 | yes | yes | lstsq | 1,000 | — | no | no | no | 91.50% | -0.50 | 98.00% | 20 / 3 | 60 |" in text
+    plot(result, str(tmp_path / "a.png"))
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
