@@ -196,6 +196,7 @@ class RelearnPass:
         self.sites: list[SiteRecord] = []
         self._reference = mod  # the network as it came: where the targets come from
         self._relearned: set[str] = set()  # sites rewritten so far (their new convs are named after them)
+        self._reset_caches()  # a pass object may be run on several modules
         rewritten: list[SiteRecord] = []
         refused: dict[str, str] = {}
         # Calibration inputs feed main's first parameter, so only main is rewritten.
@@ -246,7 +247,12 @@ class RelearnPass:
                                                               detail={"latency": declined[n]} if n in declined else {})
                                   for n, r in refused.items()]
         publish(self.sites)
+        self._reset_caches()  # activations of every site: not worth keeping past the run
+        self._reference = None
         return mod
+
+    def _reset_caches(self) -> None:
+        self._reference_cache: dict = {}
 
     def relearn(self, mod: tvm.IRModule, site: RelearnSite) -> tvm.IRModule:
         from rebirth_tvm.hooks import RetrainSite, conv2d_numpy
@@ -327,7 +333,7 @@ class RelearnPass:
             b.var for block in func.body.blocks for b in block.bindings if b.var.name == var.name]
         if len(found) != 1 or [int(d) for d in found[0].ty.shape] != shape:
             return None
-        cache = self.__dict__.setdefault("_reference_cache", {})
+        cache = self._reference_cache
         if var.name not in cache:
             cache[var.name] = activations(reference, found[0], self.calibration)
         return cache[var.name]

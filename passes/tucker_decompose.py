@@ -15,6 +15,9 @@ original conv's outputs on the calibration inputs, with the first two convs held
 HOSVD values — the same hooks and the same bottom-up order as every relearned merge, and the
 same report: MACs before/after, the kernel's reconstruction error, fidelity before/after.
 
+The "original" targets are the network as this pass receives it (after the other merges, in
+``--rebirth --tucker``): Tucker corrects its own error, while Rebirth already corrected its own.
+
 Refuses, with the reason: grouped or dilated convs; non-constant weights; a rank pair that does
 not reduce MACs (unless ``allow_more_work``). 1×1 convs are not candidates (nothing to factor).
 """
@@ -104,8 +107,8 @@ class TuckerDecompose(RelearnPass):
         selected site is decomposed at full rank, which is exact).
     energy: fraction of each mode's squared singular values to keep (default 0.9), for sites
         without given ranks.
-    ranks: ``{site name or glob: (rank_in, rank_out)}``; a value in (0, 1] is a fraction of the
-        channels.
+    ranks: ``{site name or glob: (rank_in, rank_out)}``; an int is a rank, a float in (0, 1] a
+        fraction of the channels.
     allow_more_work: also decompose where the three convs need more MACs than the one.
     selector: e.g. :class:`~rebirth_tvm.passes.LatencySelector`: decompose only where it measures faster.
     """
@@ -124,6 +127,10 @@ class TuckerDecompose(RelearnPass):
             raise ValueError(f"energy must be in (0, 1], got {energy}")
         self.energy, self.ranks, self.allow_more_work = energy, dict(ranks or {}), allow_more_work
         self._factors: dict = {}
+
+    def _reset_caches(self) -> None:
+        super()._reset_caches()
+        self._factors = {}  # keyed by site name: only valid within one module
 
     def _ranks_for(self, name: str, weight: np.ndarray) -> tuple[int, int]:
         out_channels, in_channels = weight.shape[:2]

@@ -109,7 +109,9 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
     if variant.finetune:
         from .finetune import FinetuneOptions
 
-        finetune = FinetuneOptions(calib, labels[:variant.calib_images], epochs=finetune_epochs,
+        # Only the part the pipeline relearns from: its held-out fifth must stay unseen.
+        used = len(calib) - max(1, int(round(len(calib) * 0.2)))
+        finetune = FinetuneOptions(calib[:used], labels[:used], epochs=finetune_epochs,
                                    lr_regenerated=variant.finetune_lr, lr_rest=variant.finetune_lr / 10)
     options = RebirthOptions(calib=calib, hook=variant.hook, branches=branches, streamline=streamline, finetune=finetune,
                              tucker=variant.tucker, max_site_error=variant.max_site_error, refit_classifier=variant.refit)
@@ -221,14 +223,27 @@ def plot(result: dict, path: str) -> None:
 
 
 def write(result: dict, out_dir: str) -> None:
-    """accuracy.json, accuracy.md, accuracy.png, each replaced atomically."""
+    """accuracy.json, accuracy.md, accuracy.png: all three made first, then each moved into place."""
     os.makedirs(out_dir, exist_ok=True)
-    for name, writer in (("accuracy.json", lambda p: json.dump(result, open(p, "w"), indent=1)),
-                         ("accuracy.md", lambda p: open(p, "w").write(markdown(result))),
-                         ("accuracy.png", lambda p: plot(result, p))):
-        path = os.path.join(out_dir, name)
-        temporary = os.path.join(out_dir, f".{name}.tmp" + os.path.splitext(name)[1])
-        writer(temporary)
+
+    def text(path, content):
+        with open(path, "w") as f:
+            f.write(content)
+
+    staged = []
+    try:
+        for name, writer in (("accuracy.json", lambda p: text(p, json.dumps(result, indent=1))),
+                             ("accuracy.md", lambda p: text(p, markdown(result))),
+                             ("accuracy.png", lambda p: plot(result, p))):
+            temporary = os.path.join(out_dir, f".{name}.tmp" + os.path.splitext(name)[1])
+            staged.append((temporary, os.path.join(out_dir, name)))
+            writer(temporary)
+    except BaseException:
+        for temporary, _ in staged:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+        raise
+    for temporary, path in staged:
         os.replace(temporary, path)
 
 
@@ -239,8 +254,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.accuracy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--hooks", default="lstsq,sgd", help="built-in hooks to compare (default lstsq,sgd)")
     parser.add_argument("--calib-counts", default="100,1000,10000", help="unlabelled calibration images for the sweep (default 100,1000,10000)")
-    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune],... e.g. both/lstsq/1000")
-    parser.add_argument("--finetune", action="store_true", help="also fine-tune each hook's 1,000-image variant with labels (the paper's step)")
+    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit],... "
+                        "e.g. both/lstsq/1000,both/lstsq/1000+max0.2+refit")
+    parser.add_argument("--finetune", action="store_true", help="also fine-tune the first hook's 1,000-image variant with labels (the paper's step)")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also a reborn + Tucker-2 variant at this energy")
     parser.add_argument("--test-count", type=int, default=None, help="classify only the first N test images (default: all 10,000)")

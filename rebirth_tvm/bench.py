@@ -6,6 +6,8 @@ database, so none inherits another's trials):
 * ``original``: the imported model, no passes;
 * ``exact``: the exact passes (BN folds, sibling-conv merges);
 * ``reborn``: exact passes + the relearned merges (``--rebirth``), from real calibration photos;
+* ``reborn_tucker`` (with ``--tucker ENERGY``): reborn, then Tucker-2 decomposition of the k×k
+  convs left, relearned the same way (the paper's fastest model);
 
 and two onnxruntime sessions (full graph optimisations, as a user would run it): the original
 ONNX and the reborn model exported to ONNX. All five are timed round-robin in one process
@@ -33,7 +35,7 @@ from .errors import RebirthError
 
 DEFAULT_MODELS = "googlenet,alexnet,resnet18,squeezenet1_1"
 ALIASES = {"squeezenet": "squeezenet1_0"}
-TVM_VARIANTS = ("original", "exact", "reborn")
+TVM_VARIANTS = ("original", "exact", "reborn", "reborn_tucker")
 ORT_VARIANTS = ("ort_original", "ort_reborn")
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
 
@@ -57,7 +59,7 @@ def photo_calibration(count: int, seed: int = 0) -> str:
 
 
 def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_db: str, calib, calib_count: int | None,
-                repeats: int, rebirth: bool = True, log=print, rpc=None) -> dict:
+                repeats: int, rebirth: bool = True, log=print, rpc=None, tucker: float | None = None, calib_preset: str | None = None) -> dict:
     """Build, time and measure every variant of one zoo model; returns its result dict.
 
     With ``rpc`` (a :class:`~rebirth_tvm.remote.RpcDevice`) the TVM variants are tuned and timed
@@ -82,7 +84,7 @@ def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_d
     result = {"model": name, "input_shape": list(specs[0].shape), "variants": {}}
     if rebirth:
         log(f"[{name}] relearning the reborn variant ...")
-        reborn = compile_model(name, target="x86", rebirth=RebirthOptions(calib=calib, calib_count=calib_count))
+        reborn = compile_model(name, target="x86", rebirth=RebirthOptions(calib=calib, calib_count=calib_count, preset=calib_preset))
         modules["reborn"] = reborn.module
         sites = reborn.report["sites"]
         result["rebirth"] = {
@@ -91,6 +93,19 @@ def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_d
             "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
             "ops_before": reborn.report["ops_before"], "ops_after": reborn.report["ops_after"],
         }
+        if tucker:
+            log(f"[{name}] relearning the reborn + Tucker-2 (energy {tucker:g}) variant ...")
+            combined = compile_model(name, target="x86", rebirth=RebirthOptions(calib=calib, calib_count=calib_count, preset=calib_preset,
+                                                                                tucker=tucker))
+            modules["reborn_tucker"] = combined.module
+            sites = combined.report["sites"]
+            result["rebirth_tucker"] = {
+                "energy": tucker,
+                "fidelity": {k: v for k, v in combined.report["fidelity"].items() if k != "built"},
+                "relearned_sites": sum(1 for s in sites if s["status"] == "rewritten" and not s["exact"]),
+                "decomposed_sites": sum(1 for s in sites if s["pass_name"] == "TuckerDecompose" and s["status"] == "rewritten"),
+                "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
+            }
 
     executables, tuning = {}, {}
     for variant, module in modules.items():
@@ -152,6 +167,7 @@ def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_d
     result["ratios"] = {
         "original_over_exact": ratio("original", "exact"),
         "original_over_reborn": ratio("original", "reborn"),
+        "original_over_reborn_tucker": ratio("original", "reborn_tucker"),
         "ort_original_over_tvm_reborn": ratio("ort_original", "reborn"),
         "ort_original_over_tvm_original": ratio("ort_original", "original"),
         "ort_original_over_ort_reborn": ratio("ort_original", "ort_reborn"),
@@ -194,6 +210,7 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128: GoogLeNet's deepest merges need about 100; a fifth is held out)")
     parser.add_argument("--repeats", type=int, default=30, help="round-robin repetitions (default 30)")
     parser.add_argument("--skip-rebirth", action="store_true", help="time original and exact only")
+    parser.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also a reborn + Tucker-2 variant (ranks keeping this fraction of each mode's energy, e.g. 0.9)")
     parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results); files go to OUT/<target>/")
     args = parser.parse_args(argv)
     try:
@@ -216,7 +233,8 @@ def main(argv=None) -> int:
         for name in models:
             start = time.perf_counter()
             result = bench_model(name, target, args.tune_trials, args.tuning_db, calib, args.calib_count, args.repeats,
-                                 rebirth=not args.skip_rebirth, log=lambda m: print(m, file=sys.stderr, flush=True), rpc=rpc)
+                                 rebirth=not args.skip_rebirth, log=lambda m: print(m, file=sys.stderr, flush=True), rpc=rpc,
+                                 tucker=args.tucker)
             result["environment"] = env
             result["seconds"] = round(time.perf_counter() - start, 1)
             results.append(result)

@@ -13,11 +13,14 @@ import os
 
 from .measure import CATEGORIES
 
-VARIANT_LABELS = {"original": "TVM original", "exact": "TVM exact", "reborn": "TVM reborn",
+VARIANT_LABELS = {"original": "TVM original", "exact": "TVM exact", "reborn": "TVM reborn", "reborn_tucker": "TVM reborn+Tucker",
                   "ort_original": "ORT original", "ort_reborn": "ORT reborn"}
 TARGET_FOLDERS = {"x86": "x86 (this machine)", "arm": "ARM (aarch64)", "cuda": "CUDA GPU"}
 NOT_MEASURED = {"arm": "not measured: no board was given (--rpc-tracker); qemu timings are not device speed",
                 "cuda": "not measured: no GPU was available to these runs"}
+
+
+TVM_ORDER = ("original", "exact", "reborn", "reborn_tucker")
 
 
 def write_model(result: dict, out_dir: str) -> str:
@@ -64,6 +67,8 @@ def model_line(result: dict) -> str:
              f"exact {v['exact']['latency_ms']['median']:.2f} ms ({_x(r['original_over_exact'])})"]
     if "reborn" in v:
         parts.append(f"reborn {v['reborn']['latency_ms']['median']:.2f} ms ({_x(r['original_over_reborn'])})")
+    if "reborn_tucker" in v:
+        parts.append(f"reborn+Tucker {v['reborn_tucker']['latency_ms']['median']:.2f} ms ({_x(r.get('original_over_reborn_tucker'))})")
     if "ort_original" in v:
         parts.append(f"ORT original {v['ort_original']['latency_ms']['median']:.2f} ms")
     return ", ".join(parts)
@@ -82,19 +87,19 @@ def markdown(results: list[dict], env: dict, plots: list[str]) -> str:
         "",
         "## Latency",
         "",
-        "| model | tuning trials per TVM variant | TVM original | TVM exact | TVM reborn | ORT original | ORT reborn | original ÷ exact | original ÷ reborn | ORT original ÷ TVM reborn | ORT original ÷ ORT reborn |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | tuning trials per TVM variant | TVM original | TVM exact | TVM reborn | TVM reborn+Tucker | ORT original | ORT reborn | original ÷ exact | original ÷ reborn | original ÷ reborn+Tucker | ORT original ÷ TVM reborn | ORT original ÷ ORT reborn |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         v, q = r["variants"], r["ratios"]
         lines.append(f"| {r['model']} | {r['environment']['tune_trials'] or 'untuned'} | {_ms(v.get('original'))} | {_ms(v.get('exact'))} | {_ms(v.get('reborn'))} | "
-                     f"{_ms(v.get('ort_original'))} | {_ms(v.get('ort_reborn'))} | {_x(q['original_over_exact'])} | "
-                     f"{_x(q['original_over_reborn'])} | {_x(q['ort_original_over_tvm_reborn'])} | {_x(q['ort_original_over_ort_reborn'])} |")
+                     f"{_ms(v.get('reborn_tucker'))} | {_ms(v.get('ort_original'))} | {_ms(v.get('ort_reborn'))} | {_x(q['original_over_exact'])} | "
+                     f"{_x(q['original_over_reborn'])} | {_x(q.get('original_over_reborn_tucker'))} | {_x(q['ort_original_over_tvm_reborn'])} | {_x(q['ort_original_over_ort_reborn'])} |")
     lines += ["", "## Time per op category (share of kernel time, one inference)", "",
               "| model | variant | " + " | ".join(c for c in CATEGORIES if c != "vm") + " | non-tensor share | kernels ms |",
               "|---|---|" + "---|" * (len(CATEGORIES) - 1) + "---|---|"]
     for r in results:
-        for variant in ("original", "exact", "reborn"):
+        for variant in TVM_ORDER:
             b = r["variants"].get(variant, {}).get("breakdown")
             if b:
                 lines.append(f"| {r['model']} | {variant} | " + " | ".join(f"{b['share'][c]:.1%}" for c in CATEGORIES if c != "vm")
@@ -104,7 +109,7 @@ def markdown(results: list[dict], env: dict, plots: list[str]) -> str:
               "|---|---|---|---|---|---|---|---|"]
     peak = env["matmul_peak"]["gflops"]
     for r in results:
-        for variant in ("original", "exact", "reborn"):
+        for variant in TVM_ORDER:
             e = r["variants"].get(variant)
             if e:
                 rss = f"{_mib(e.get('peak_rss_bytes'))} ({_mib(e.get('peak_rss_increase_bytes'))})"
@@ -120,6 +125,21 @@ def markdown(results: list[dict], env: dict, plots: list[str]) -> str:
             lines.append(f"| {r['model']} | {r['rebirth']['relearned_sites']} | {r['rebirth']['refused_sites']} | "
                          f"{f.get('top1_agreement', float('nan')):.1%} | {f.get('top5_agreement', float('nan')):.1%} | "
                          f"{f.get('relative_logit_error', float('nan')):.3g} | {f['calibration']} | {f['relearn_seconds']} |")
+    combined = [r for r in results if "reborn_tucker" in r["variants"]]
+    if combined:
+        # The paper's comparison shape: its fastest model (GoogLeNet reborn + Tucker) against
+        # SqueezeNet and the original, on one machine.
+        lines += ["", "## Reborn + Tucker against the compact models (the paper's comparison)", "",
+                  "| model | variant | latency ms | vs this model's original | GFLOPs | weights MiB | relearned / decomposed sites | top-1 agreement (held out) |",
+                  "|---|---|---|---|---|---|---|---|"]
+        rows = [(r, "reborn_tucker") for r in combined] + [(r, v) for r in results for v in ("original", "reborn") if v in r["variants"]]
+        for r, variant in sorted(rows, key=lambda rv: rv[0]["variants"][rv[1]]["latency_ms"]["median"]):
+            e = r["variants"][variant]
+            extra = r.get("rebirth_tucker") if variant == "reborn_tucker" else r.get("rebirth") if variant == "reborn" else None
+            sites = f"{extra['relearned_sites']} / {extra.get('decomposed_sites', 0)}" if extra else ""
+            agreement = f"{extra['fidelity'].get('top1_agreement', float('nan')):.1%}" if extra else ""
+            lines.append(f"| {r['model']} | {VARIANT_LABELS[variant]} | {_ms(e)} | {_x(e.get('ratio_vs_original'))} | {e['flops'] / 1e9:.2f} | "
+                         f"{_mib(e['weight_bytes'])} | {sites} | {agreement} |")
     lines += ["", "## Cross-processor", "", "| processor | status |", "|---|---|"]
     parent = os.path.dirname(env.get("_out_dir", "")) if env.get("_out_dir") else None
     for folder, label in TARGET_FOLDERS.items():
@@ -177,7 +197,7 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
                            "Time per op category, before and after rebirth", outside=True))
 
     fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(models) + 2), 4))
-    tvm_variants = [v for v in ("original", "exact", "reborn") if any(v in r["variants"] for r in results)]
+    tvm_variants = [v for v in TVM_ORDER if any(v in r["variants"] for r in results)]
     width = 0.8 / len(tvm_variants)
     for i, variant in enumerate(tvm_variants):
         values = [r["variants"].get(variant, {}).get("planned_activation_bytes", np.nan) / 2**20 for r in results]

@@ -142,12 +142,16 @@ def main(argv=None) -> int:
                                      preset=args.preset, calib_count=args.calib_count, streamline=not args.no_streamline,
                                      select=args.select, select_margin=args.select_margin, tucker=args.tucker,
                                      max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
-        elif args.calib:
-            raise RebirthError("--calib is only used with --rebirth")
+        else:
+            given = [flag for flag, value in (("--calib", args.calib), ("--tucker", args.tucker), ("--max-site-error", args.max_site_error),
+                                              ("--refit-classifier", args.refit_classifier), ("--no-streamline", args.no_streamline),
+                                              ("--select latency", args.select == "latency")) if value]
+            if given:
+                raise RebirthError(f"{', '.join(given)} only apply with --rebirth")
         if args.rpc_key and not args.rpc_tracker:
             raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
-        if args.rpc_tracker and not args.tune_trials and args.verify != "rpc":
-            raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N) and --verify rpc; neither was asked for")
+        if args.rpc_tracker and not args.tune_trials and args.verify != "rpc" and args.select != "latency":
+            raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N), --verify rpc and --select latency; none was asked for")
         if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
             raise RebirthError(f"--max-trials-per-task must be 1 or more, got {args.max_trials_per_task}")
         result = compile_model(

@@ -28,9 +28,11 @@ def parse(text: str) -> tuple[str, int | None]:
 def labelled_test_set(name: str, count: int | None, input_shape) -> tuple[np.ndarray, np.ndarray]:
     from .datasets import as_inputs, fashion_mnist
 
-    images, labels = fashion_mnist("test")
+    if int(input_shape[0]) != 1:
+        raise RebirthError(f"--evaluate classifies one image at a time; the model's batch is {int(input_shape[0])} (give --input-shape 1,...)")
     if tuple(int(d) for d in input_shape[1:]) != (1, 28, 28):
         raise RebirthError(f"--evaluate {name} gives 1x28x28 images; the model takes {'x'.join(str(int(d)) for d in input_shape[1:])}")
+    images, labels = fashion_mnist("test")
     if count:
         images, labels = images[:count], labels[:count]
     return as_inputs(images), labels.astype(np.int64)
@@ -40,10 +42,9 @@ def classify(built, inputs: np.ndarray, desc: str | None = None) -> np.ndarray:
     """Top-1 class per input, one at a time (the deployed batch size)."""
     from tqdm import tqdm
 
-    batch = 1
     out = np.empty(len(inputs), np.int64)
-    for i in tqdm(range(0, len(inputs), batch), desc=desc, disable=None if desc else True, leave=False, unit=" img"):
-        out[i] = int(np.argmax(built.run(inputs[i:i + batch])))
+    for i in tqdm(range(len(inputs)), desc=desc, disable=None if desc else True, leave=False, unit=" img"):
+        out[i] = int(np.argmax(built.run(inputs[i:i + 1])))
     return out
 
 

@@ -74,8 +74,11 @@ def _register_missing_gradients() -> None:
             # The importer's LRN sums a window of channels: stride 1, symmetric padding, padded
             # zeros counted; that pooling is its own adjoint.
             a = orig_call.attrs
-            if any(int(s) != 1 for s in a.strides) or not a.count_include_pad:
-                raise RebirthError("fine-tuning: only the LRN form of avg_pool3d (stride 1, count_include_pad) has a gradient here")
+            pad = [int(p) for p in a.padding]
+            symmetric = pad[:3] == pad[3:] and all(int(k) == 2 * p + 1 for k, p in zip(a.pool_size, pad[:3]))
+            if any(int(s) != 1 for s in a.strides) or not a.count_include_pad or not symmetric:
+                raise RebirthError("fine-tuning: only the LRN form of avg_pool3d (stride 1, odd window, symmetric padding, "
+                                   "count_include_pad) has a gradient here")
             return [relax.op.nn.avg_pool3d(output_grad, pool_size=a.pool_size, strides=a.strides, padding=a.padding,
                                            dilation=a.dilation, ceil_mode=a.ceil_mode, count_include_pad=True, layout=a.layout)]
 
@@ -170,6 +173,10 @@ def finetune(mod: tvm.IRModule, regenerated: set[str], options: FinetuneOptions,
     labels = np.asarray(options.labels).astype(np.int64)
     if len(inputs) != len(labels):
         raise RebirthError(f"fine-tuning: {len(inputs)} inputs but {len(labels)} labels")
+    if options.batch < batch_of_model or options.batch % batch_of_model:
+        raise RebirthError(f"fine-tuning: batch {options.batch} must be a positive multiple of the model's batch {batch_of_model}")
+    if len(inputs) < options.batch:
+        raise RebirthError(f"fine-tuning: {len(inputs)} labelled inputs are fewer than one batch of {options.batch}")
     if labels.min() < 0 or labels.max() >= classes:
         raise RebirthError(f"fine-tuning: labels must be class indices in [0, {classes}), got {labels.min()}..{labels.max()}")
     start = time.perf_counter()

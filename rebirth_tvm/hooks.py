@@ -49,7 +49,8 @@ class RetrainSite:
     geometry: the new conv's shape.
     init_weight, init_bias: where to start (derived from the original conv).
     inputs: the site's input activations, (N, C, H, W), from the reborn network below it.
-    targets: the teacher's outputs on ``inputs``, (N, O, Ho, Wo), pre-activation if a ReLU follows.
+    targets: what the new conv should output for ``inputs``, (N, O, Ho, Wo): the original
+        network's values at the site (pre-activation if a ReLU follows, where available).
     teacher: runs the original block on new inputs (pre-activation), for hooks that want more data.
     activation: ``"relu"`` when the new conv is followed by a ReLU in the rewritten model (so
         only ``relu(conv(x))`` has to match ``relu(targets)``), else None.

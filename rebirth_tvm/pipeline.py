@@ -188,11 +188,12 @@ def compile_model(
     name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
     calibration = _calibration(rebirth, name, specs) if rebirth else None  # bad input fails fast
     if evaluate:
-        from .evaluate import parse
+        from .evaluate import labelled_test_set, parse
 
         evaluation_set = parse(evaluate)
         if not runs_here(tvm_target):
             raise RebirthError(f"--evaluate runs the compiled model, and {report_mod.target_label(describe(tvm_target))} builds cannot run here")
+        labelled_test_set(evaluation_set[0], 1, specs[0].shape)  # a missing dataset or wrong model fails now
     if rebirth and rebirth.select not in ("all", "latency"):
         raise RebirthError(f"select must be 'all' or 'latency', not {rebirth.select!r}")
     if rebirth and rebirth.select == "latency" and rpc is None and not runs_here(tvm_target):
@@ -269,7 +270,6 @@ def compile_model(
     if evaluate:
         from .evaluate import before_and_after, labelled_test_set
 
-        labelled_test_set(evaluation_set[0], 1, specs[0].shape)  # a missing dataset fails before the long part
         report["evaluation"] = before_and_after(build(original, tvm_target), built, *evaluation_set, specs[0].shape)
         if "tuning" in report:
             report["evaluation"]["note"] = "the original is TVM-built untuned, the result tuned; timed round-robin in one process"

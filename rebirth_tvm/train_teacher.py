@@ -229,8 +229,10 @@ def main(argv=None) -> int:
     summary = {"test_top1": test, "best_val_top1": max(h["val_top1"] for h in history), "epochs": history,
                "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
                "parameters": sum(p.numel() for p in model.parameters()), "args": vars(args)}
-    with open(os.path.splitext(args.out)[0] + ".json", "w") as f:
+    record = os.path.splitext(args.out)[0] + ".json"
+    with open(record + ".tmp", "w") as f:
         json.dump(summary, f, indent=1)
+    os.replace(record + ".tmp", record)
     print(f"test top-1 {test:.4f}; wrote {args.out} in {summary['seconds']} s")
     return 0
 

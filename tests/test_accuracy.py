@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 from rebirth_tvm.accuracy import Variant, default_grid, markdown, parse_variant, plot
@@ -49,7 +48,8 @@ def test_evaluate_refuses_what_it_cannot_run(tmp_path):
     for args, message in [(["--evaluate", "imagenet"], "known labelled datasets: fashion-mnist"),
                           (["--evaluate", "fashion-mnist:0"], "N must be a positive number"),
                           (["--model", "squeezenet1_1", "--evaluate", "fashion-mnist"], "gives 1x28x28 images; the model takes 3x224x224"),
-                          (["--target", "arm", "--evaluate", "fashion-mnist"], "aarch64 builds cannot run here")]:
+                          (["--target", "arm", "--evaluate", "fashion-mnist"], "aarch64 builds cannot run here"),
+                          (["--tucker", "0.9", "--refit-classifier"], "--tucker, --refit-classifier only apply with --rebirth")]:
         model = [] if "--model" in args else ["--model", "fashion_googlenet"]
         proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", *model, *args, "--out", str(tmp_path / "o")],
                               capture_output=True, text=True, cwd=ROOT, timeout=600)

@@ -2,7 +2,6 @@
 limit, and the classifier refit."""
 
 import numpy as np
-import onnx
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from onnx_builders import stem, tiny_cnn

@@ -106,3 +106,16 @@ def test_grouped_conv_is_refused_and_left_alone():
     tucker = TuckerDecompose(ranks={"*": (1.0, 1.0)}, allow_more_work=True)
     tucker(rebirth_tvm.load(model))
     assert {s.site: s.reason for s in tucker.sites if s.status == "refused"} == {"conv2": "grouped conv (groups=4)"}
+
+
+def test_a_pass_object_reused_on_another_model_decomposes_that_model():
+    # Factors are cached per site name within a run; a second model with the same names must
+    # get its own (an earlier version reused the first model's and still called them exact).
+    tucker = TuckerDecompose(ranks={"*": (1.0, 1.0)}, allow_more_work=True)
+    tucker(rebirth_tvm.load(two_convs(seed=0)))
+    other = two_convs(seed=1)
+    out = tucker(rebirth_tvm.load(other))
+    x = np.random.default_rng(3).standard_normal((1, 16, 16, 16)).astype(np.float32)
+    ref = onnxruntime_outputs(other, {"x": x})[0]
+    assert np.max(np.abs(rebirth_tvm.build(out, "x86").run(x) - ref)) <= TOL * np.max(np.abs(ref))
+    assert all(s.detail["weight_error"] < 1e-12 for s in tucker.sites)
