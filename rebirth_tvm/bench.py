@@ -206,7 +206,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cpu", default=None, help="LLVM CPU name for x86 (default: this machine's)")
     parser.add_argument("--tune-trials", type=int, default=0, help="MetaSchedule trials per variant (the same budget for each; default 0: untuned)")
     parser.add_argument("--tuning-db", default=os.path.join("build", "bench-tuning-db"), help="tuning databases, one per model and variant, reused across runs")
-    parser.add_argument("--calib", default="photos", help="calibration for the reborn variant: 'photos' (crops of scikit-learn's sample photos, default), a folder of images, or 'random'")
+    parser.add_argument("--calib", default="photos", help="calibration for the reborn variant: 'photos' (crops of scikit-learn's sample photos for the ImageNet models, Fashion-MNIST training images for fashion_googlenet; default), a folder of images, 'fashion-mnist' or 'random'")
     parser.add_argument("--calib-count", type=int, default=128, help="calibration images (default 128: GoogLeNet's deepest merges need about 100; a fifth is held out)")
     parser.add_argument("--repeats", type=int, default=30, help="round-robin repetitions (default 30)")
     parser.add_argument("--skip-rebirth", action="store_true", help="time original and exact only")
@@ -225,13 +225,17 @@ def main(argv=None) -> int:
         if rpc is not None:
             rpc.session()  # an unreachable device fails now, not after relearning
         models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
-        calib = photo_calibration(args.calib_count) if args.calib == "photos" and not args.skip_rebirth else args.calib
+        from .models import MODELS
+
+        photos = photo_calibration(args.calib_count) if args.calib == "photos" and not args.skip_rebirth else None
         label = "arm" if is_aarch64(target) else "cuda" if is_cuda(target) else "x86"
         out_dir = os.path.join(args.out, label)
         env = environment(target, args.tune_trials)
         results = []
         for name in models:
             start = time.perf_counter()
+            # Photos suit the ImageNet models; the Fashion-MNIST teacher relearns from its own images.
+            calib = args.calib if photos is None else photos if name not in MODELS or MODELS[name].preset == "imagenet" else "fashion-mnist"
             result = bench_model(name, target, args.tune_trials, args.tuning_db, calib, args.calib_count, args.repeats,
                                  rebirth=not args.skip_rebirth, log=lambda m: print(m, file=sys.stderr, flush=True), rpc=rpc,
                                  tucker=args.tucker)
