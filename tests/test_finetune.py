@@ -98,6 +98,10 @@ def test_bad_labels_are_one_line_errors():
     mod = small_classifier(dtype="float32")
     x = np.zeros((4, 2, 6, 6), "float32")
     with pytest.raises(RebirthError, match="4 inputs but 3 labels"):
-        finetune(mod, set(), FinetuneOptions(x, np.zeros(3, int)))
+        finetune(mod, set(), FinetuneOptions(x, np.zeros(3, int), batch=2))
     with pytest.raises(RebirthError, match=r"class indices in \[0, 4\)"):
-        finetune(mod, set(), FinetuneOptions(x, np.array([0, 1, 2, 7])))
+        finetune(mod, set(), FinetuneOptions(x, np.array([0, 1, 2, 7]), batch=2))
+    with pytest.raises(RebirthError, match="fewer than one batch of 32"):
+        finetune(mod, set(), FinetuneOptions(x, np.array([0, 1, 2, 3])))
+    with pytest.raises(RebirthError, match="batch 0 must be a positive multiple"):
+        finetune(mod, set(), FinetuneOptions(x, np.array([0, 1, 2, 3]), batch=0))
