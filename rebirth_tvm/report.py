@@ -182,7 +182,8 @@ def markdown(report: dict[str, Any]) -> str:
                   _table(["site", "pass", "block ms", "rewrite ms", "change", "decision"], [[
                       s["site"], s["pass_name"], f"{s['detail']['latency']['before_ms']:.4g}", f"{s['detail']['latency']['after_ms']:.4g}",
                       f"{s['detail']['latency']['after_ms'] / s['detail']['latency']['before_ms'] - 1:+.0%}",
-                      "kept" if s["detail"]["latency"]["kept"] else "declined",
+                      ("kept" if s["status"] == "rewritten" else "faster, but refused: " + s["reason"].split(":")[0])
+                      if s["detail"]["latency"]["kept"] else "declined (not faster by the margin)",
                   ] for s in measured])]
     fidelity = report.get("fidelity")
     if fidelity:
