@@ -278,8 +278,11 @@ class RelearnPass:
         g = site.geometry
         # Never worse than where it started: least squares fits the targets before the ReLU, and
         # where those are already rectified (an LRN's output) its fit can lose to the initial
-        # weights after the ReLU. Then the initial weights stay, and the report says so.
-        kept_initial = after["rel_mse"] > before["rel_mse"]
+        # weights after the ReLU. Then the initial weights stay, and the report says so. A
+        # user's own hook is the user's decision: its weights are used as given.
+        from rebirth_tvm.hooks import LeastSquaresHook, SGDHook
+
+        kept_initial = after["rel_mse"] > before["rel_mse"] and isinstance(self.hook, (LeastSquaresHook, SGDHook))
         if kept_initial:
             weight, bias, after = site.init_weight, site.init_bias, before
         if self.too_far(site.name, after, {"pattern": site.pattern, "fidelity_initial": before, "fidelity": after,

@@ -93,11 +93,11 @@ def test_cli_custom_hook_and_site_selection(tmp_path, monkeypatch):
     assert report["fidelity"]["hook"] == "custom_hooks:scaled_initial"
     status = {s["site"]: s["status"] for s in report["sites"] if not s["exact"]}
     assert status["norm2"] == "rewritten" and status["pool1"] == "refused"
-    # The hook's halved weights fit worse than the initial ones: the site keeps the initial
-    # weights (never worse than where it started) and the report says so.
+    # A user's hook is used as given, even where it fits worse than the initial weights (only the
+    # built-in hooks fall back to them): the reported fidelity is that of its halved weights.
     site = next(s for s in report["sites"] if s["site"] == "norm2")
-    assert site["detail"]["kept_initial"] and "the hook's fit was worse: initial weights kept" in site["reason"]
-    assert site["detail"]["fidelity"] == site["detail"]["fidelity_initial"]
+    assert not site["detail"]["kept_initial"]
+    assert site["detail"]["fidelity"]["rel_mse"] != pytest.approx(site["detail"]["fidelity_initial"]["rel_mse"], rel=1e-3)
 
 
 def write_npy(path, array):
