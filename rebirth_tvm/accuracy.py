@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .errors import RebirthError
+from .evaluate import classify
 
 MODEL = "fashion_googlenet"
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
@@ -73,16 +74,6 @@ def default_grid(hooks=("lstsq", "sgd"), counts=(100, 1000, 10000), finetune: bo
     return grid
 
 
-def classify(built, images: np.ndarray, progress: str | None = None) -> np.ndarray:
-    """Top-1 class of each image with a TVM build (batch 1, as deployed)."""
-    from tqdm import tqdm
-
-    predictions = np.empty(len(images), dtype=np.int64)
-    for i in tqdm(range(len(images)), desc=progress, disable=None if progress else True, leave=False, unit=" img"):
-        predictions[i] = int(np.argmax(built.run(images[i:i + 1])))
-    return predictions
-
-
 def teacher_predictions(images: np.ndarray) -> np.ndarray:
     """The teacher's own top-1 on ``images``: onnxruntime on the committed ONNX, unoptimised."""
     import onnxruntime as ort
@@ -119,7 +110,7 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
     result = compile_model(MODEL, target="x86", rebirth=options)
     seconds = time.perf_counter() - start
     fidelity = result.report["fidelity"]
-    predictions = classify(result.built, test_images, progress=f"{variant.name}: test set")
+    predictions = classify(result.built, test_images, f"{variant.name}: test set")
     sites = [s for s in result.report["sites"] if not s["exact"]]
     entry = {
         **asdict(variant), "name": variant.name,
@@ -150,7 +141,7 @@ def experiment(variants: list[Variant], test_count: int | None = None, finetune_
     inputs = as_inputs(images)
     teacher = teacher_predictions(inputs)
     exact = compile_model(MODEL, target="x86")  # the exact passes alone: must not move a prediction
-    exact_predictions = classify(exact.built, inputs, progress="exact: test set")
+    exact_predictions = classify(exact.built, inputs, "exact: test set")
     result = {
         "model": MODEL, "test_images": len(inputs),
         "teacher_top1": float(np.mean(teacher == labels)),
