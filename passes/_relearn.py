@@ -63,6 +63,14 @@ def fidelity(out: np.ndarray, ref: np.ndarray) -> dict:
     return {"rel_mse": rel_mse, "cosine": cosine}
 
 
+def passed_on_fidelity(out: np.ndarray, ref: np.ndarray, relu: bool) -> dict:
+    """:func:`fidelity` of what the network passes on: after the ReLU where one follows (the
+    negative part of a pre-activation never reaches the next layer)."""
+    if relu:
+        out, ref = np.maximum(out, 0), np.maximum(ref, 0)
+    return fidelity(out, ref)
+
+
 def activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
     """The value of ``var`` in ``main`` for each calibration sample, in the model's batch size."""
     func = mod["main"]
@@ -270,11 +278,8 @@ class RelearnPass:
         expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)
         if weight.shape != expected or bias.shape != (expected[0],):
             raise ValueError(f"hook returned weight {weight.shape} / bias {bias.shape} for site {site.name}, expected {expected} / {(expected[0],)}")
-        # Measured on what the network passes on: after the ReLU where one follows (the negative
-        # part of a pre-activation never reaches the next layer).
-        act = (lambda z: np.maximum(z, 0)) if site.relu else (lambda z: z)
-        before = fidelity(act(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry)), act(test_t))
-        after = fidelity(act(conv2d_numpy(test_x, weight, bias, site.geometry)), act(test_t))
+        before = passed_on_fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t, site.relu)
+        after = passed_on_fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t, site.relu)
         g = site.geometry
         # Never worse than where it started: least squares fits the targets before the ReLU, and
         # where those are already rectified (an LRN's output) its fit can lose to the initial

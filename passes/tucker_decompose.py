@@ -33,7 +33,7 @@ from tvm import relax
 
 from ._conv import CONV2D, conv2d_like, match_conv, plain_conv_refusal
 from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import RelearnPass, activations, compiled_teacher, conv_macs, emit_conv_unit, fidelity
+from ._relearn import RelearnPass, activations, compiled_teacher, conv_macs, emit_conv_unit, passed_on_fidelity
 from ._rewrite import apply_plan
 from ._sites import REWRITTEN, SiteRecord
 
@@ -211,9 +211,8 @@ class TuckerDecompose(RelearnPass):
             new_last, new_bias = np.asarray(new_last, np.float64), np.asarray(new_bias, np.float64)
             if new_last.shape != last.shape or new_bias.shape != bias.shape:
                 raise ValueError(f"hook returned weight {new_last.shape} / bias {new_bias.shape} for site {site.name}, expected {last.shape} / {bias.shape}")
-            act = (lambda z: np.maximum(z, 0)) if site.relu else (lambda z: z)  # what the next layer sees
-            before = fidelity(act(conv2d_numpy(reduced[-held:], last, bias, geometry)), act(targets[-held:]))
-            after = fidelity(act(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry)), act(targets[-held:]))
+            before = passed_on_fidelity(conv2d_numpy(reduced[-held:], last, bias, geometry), targets[-held:], site.relu)
+            after = passed_on_fidelity(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry), targets[-held:], site.relu)
             if self.too_far(site.name, after, {**detail, "fidelity_initial": before, "fidelity": after}):
                 return mod
             last, bias = new_last, new_bias
