@@ -127,10 +127,12 @@ class TuckerDecompose(RelearnPass):
             raise ValueError(f"energy must be in (0, 1], got {energy}")
         self.energy, self.ranks, self.allow_more_work = energy, dict(ranks or {}), allow_more_work
         self._factors: dict = {}
+        self._ranks: dict = {}
 
     def _reset_caches(self) -> None:
         super()._reset_caches()
         self._factors = {}  # keyed by site name: only valid within one module
+        self._ranks = {}
 
     def _ranks_for(self, name: str, weight: np.ndarray) -> tuple[int, int]:
         out_channels, in_channels = weight.shape[:2]
@@ -164,7 +166,9 @@ class TuckerDecompose(RelearnPass):
             if reason:
                 yield name, reason
                 continue
-            rank_in, rank_out = self._ranks_for(name, unit.weight)
+            if name not in self._ranks:  # find_sites runs again after every rewrite: one SVD per site
+                self._ranks[name] = self._ranks_for(name, unit.weight)
+            rank_in, rank_out = self._ranks[name]
             in_shape, out_shape = shape_of(unit.conv.args[0]), shape_of(unit.conv)
             before = conv_macs(out_shape, unit.weight.shape)
             after = tucker_macs(in_shape, out_shape[2:], unit.weight.shape[1], unit.weight.shape[0], rank_in, rank_out, kernel)
