@@ -8,7 +8,22 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import sys
+
+
+def _interrupt_while_starting(signum, frame):
+    # Nothing has been read or written yet: say so in the one line every command uses.
+    what = "terminated (SIGTERM)" if signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+    os.write(2, f"error: {what} while starting; nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+# ``python -m rebirth_tvm.<command>``: importing TVM takes a second or more, and an interrupt in
+# that second must end the command like any other (rebirth_tvm.cli takes over once it runs).
+if sys.argv[:1] == ["-m"] and __import__("threading").current_thread() is __import__("threading").main_thread():
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _interrupt_while_starting)
 
 
 def _ensure_passes_package() -> None:

@@ -21,7 +21,6 @@ the relearning time. The grid is the paper's ablation:
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import os
@@ -31,6 +30,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from . import cli
 from .errors import RebirthError
 from .evaluate import classify
 
@@ -239,10 +239,8 @@ def write(result: dict, out_dir: str) -> None:
 
 
 def main(argv=None) -> int:
-    from .bench import environment
-    from .targets import resolve_target
-
-    parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.accuracy", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m rebirth_tvm.accuracy", description=__doc__.split("\n\n")[0],
+                                epilog="Exit codes as python -m rebirth_tvm.compile: 0 done, 1 unexpected, 2 bad input, 130/143 interrupted.")
     parser.add_argument("--hooks", default="lstsq,sgd", help="built-in hooks to compare (default lstsq,sgd)")
     parser.add_argument("--calib-counts", default="100,1000,10000", help="unlabelled calibration images for the sweep (default 100,1000,10000)")
     parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit],... "
@@ -253,28 +251,40 @@ def main(argv=None) -> int:
     parser.add_argument("--test-count", type=int, default=None, help="classify only the first N test images (default: all 10,000)")
     parser.add_argument("--efficientnet", action="store_true", help="also check the exact passes on EfficientNet-Lite0's ImageNet weights (needs '.[train]')")
     parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results)")
-    args = parser.parse_args(argv)
-    try:
-        if args.variants:
-            variants = [parse_variant(text) for text in args.variants.split(",") if text.strip()]
-        else:
-            counts = tuple(int(c) for c in args.calib_counts.split(",") if c.strip())
-            variants = default_grid(tuple(h.strip() for h in args.hooks.split(",") if h.strip()), counts, args.finetune, args.tucker)
-        efficientnet = None
-        if args.efficientnet:
-            from .efficientnet import check_exact_passes
+    cli.add_debug_flag(parser)
+    return cli.main(parser, argv, _study)
 
-            efficientnet = check_exact_passes()  # fails fast (no torch) before the long part
-        start = time.perf_counter()
-        result = experiment(variants, args.test_count, args.finetune_epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
-        if efficientnet:
-            result["efficientnet"] = efficientnet
-        result["environment"] = {**environment(resolve_target("x86"), 0), "date": datetime.date.today().isoformat()}
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        write(result, args.out)
-    except RebirthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+def _study(args) -> int:
+    from .bench import environment
+    from .targets import resolve_target
+
+    if args.test_count is not None and args.test_count < 1:
+        raise RebirthError(f"--test-count must be 1 or more, got {args.test_count}")
+    if args.finetune_epochs < 1:
+        raise RebirthError(f"--finetune-epochs must be 1 or more, got {args.finetune_epochs}")
+    if args.variants:
+        variants = [parse_variant(text) for text in args.variants.split(",") if text.strip()]
+    else:
+        try:
+            counts = tuple(int(c) for c in args.calib_counts.split(",") if c.strip())
+        except ValueError:
+            raise RebirthError(f"--calib-counts {args.calib_counts!r}: use whole numbers like 100,1000") from None
+        if not counts or min(counts) < 1:
+            raise RebirthError(f"--calib-counts {args.calib_counts!r}: each count must be 1 or more")
+        variants = default_grid(tuple(h.strip() for h in args.hooks.split(",") if h.strip()), counts, args.finetune, args.tucker)
+    efficientnet = None
+    if args.efficientnet:
+        from .efficientnet import check_exact_passes
+
+        efficientnet = check_exact_passes()  # fails fast (no torch) before the long part
+    start = time.perf_counter()
+    result = experiment(variants, args.test_count, args.finetune_epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if efficientnet:
+        result["efficientnet"] = efficientnet
+    result["environment"] = {**environment(resolve_target("x86"), 0), "date": datetime.date.today().isoformat()}
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    write(result, args.out)
     print(markdown(result))
     print(f"wrote {os.path.join(args.out, 'accuracy.json')}, accuracy.md, accuracy.png")
     return 0

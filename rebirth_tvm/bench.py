@@ -19,10 +19,10 @@ measured matmul peak. Results go to ``benchmarks/results/<target>/``: one JSON p
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -30,7 +30,7 @@ import time
 import numpy as np
 import tvm
 
-from . import measure
+from . import cli, measure
 from .errors import RebirthError
 
 DEFAULT_MODELS = "googlenet,alexnet,resnet18,squeezenet1_1"
@@ -195,10 +195,8 @@ def environment(target, tune_trials: int) -> dict:
 
 
 def main(argv=None) -> int:
-    from . import bench_report
-    from .targets import resolve_target
-
-    parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.bench", description=__doc__.split("\n\n")[0])
+    parser = cli.ArgumentParser(prog="python -m rebirth_tvm.bench", description=__doc__.split("\n\n")[0],
+                                epilog="Exit codes as python -m rebirth_tvm.compile: 0 done, 1 unexpected, 2 bad input, 130/143 interrupted.")
     parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated zoo models (default {DEFAULT_MODELS}; 'squeezenet' is squeezenet1_0)")
     parser.add_argument("--target", default="x86", help="x86 (measured here), cuda (needs a GPU here) or arm (needs a board: --rpc-tracker)")
     parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="tune and time the TVM variants on a device over TVM RPC (an ARM board, a GPU machine)")
@@ -212,7 +210,23 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-rebirth", action="store_true", help="time original and exact only")
     parser.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also a reborn + Tucker-2 variant (ranks keeping this fraction of each mode's energy, e.g. 0.9)")
     parser.add_argument("--out", default=RESULTS, help="results directory (default benchmarks/results); files go to OUT/<target>/")
-    args = parser.parse_args(argv)
+    cli.add_debug_flag(parser)
+    return cli.main(parser, argv, _bench)
+
+
+def _bench(args) -> int:
+    from . import bench_report
+    from .targets import resolve_target
+
+    if args.repeats < 1:
+        raise RebirthError(f"--repeats must be 1 or more, got {args.repeats}")
+    if args.tune_trials < 0:
+        raise RebirthError(f"--tune-trials must be 0 or more, got {args.tune_trials}")
+    if args.calib_count < 1:
+        raise RebirthError(f"--calib-count must be 1 or more, got {args.calib_count}")
+    if args.tucker is not None and not 0 < args.tucker <= 1:
+        raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {args.tucker}")
+    photos = None
     try:
         from .remote import RpcDevice
         from .targets import is_aarch64, is_cuda, runs_here
@@ -223,6 +237,7 @@ def main(argv=None) -> int:
             raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU in this machine, or a board "
                                "over RPC: --rpc-tracker HOST:PORT --rpc-key KEY); emulated or estimated numbers are never reported as measured")
         if rpc is not None:
+            rpc.check_reachable()
             rpc.session()  # an unreachable device fails now, not after relearning
         models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
         from .models import MODELS
@@ -246,9 +261,9 @@ def main(argv=None) -> int:
             print(bench_report.model_line(result), flush=True)
         bench_report.write_summary(out_dir, env)
         print(f"wrote {out_dir}/report.md and plots")
-    except RebirthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    finally:
+        if photos:
+            shutil.rmtree(photos, ignore_errors=True)  # our own temporary crops
     return 0
 
 

@@ -3,7 +3,8 @@
 Every problem with the user's input (a missing file, a model we cannot import, a shape a pass
 cannot handle, an unknown target) is raised as :class:`RebirthError` with a message that fits on
 one line and names the problem. The CLI prints it as ``error: <message>`` and exits non-zero;
-anything else escaping is a bug in rebirth-tvm, and is shown with its traceback.
+anything else escaping is a bug in rebirth-tvm (one line too; ``--debug`` shows its traceback).
+The exit codes are in :mod:`rebirth_tvm.cli`.
 """
 
 
@@ -19,3 +20,10 @@ class RebirthError(Exception):
     def __init__(self, message: str):
         # Multi-line messages from lower layers (TVM, onnx) are folded so the CLI prints one line.
         super().__init__(" ".join(str(message).split()))
+
+
+@tvm_ffi.register_error
+class CheckFailed(RebirthError):
+    """A check of the result failed (it differs from the reference): nothing is written.
+
+    The CLIs exit with their own code for it (3, see :mod:`rebirth_tvm.cli`), apart from bad input."""

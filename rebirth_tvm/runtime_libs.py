@@ -15,7 +15,6 @@ calls it that way.
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
 import os
 import subprocess
@@ -131,17 +130,19 @@ def _extract(wheel: str, member: str, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.runtime_libs",
-                                     description="Print where the TVM runtime libraries and tvm_ffi headers for the native runner are "
-                                                 "(aarch64: downloaded from PyPI once, then cached).")
+    from . import cli
+
+    parser = cli.ArgumentParser(prog="python -m rebirth_tvm.runtime_libs",
+                                description="Print where the TVM runtime libraries and tvm_ffi headers for the native runner are "
+                                            "(aarch64: downloaded from PyPI once, then cached).")
     parser.add_argument("arch", nargs="?", default="host", choices=ARCHES)
     parser.add_argument("--cmake", action="store_true", help="print KEY=VALUE lines for CMakeLists.txt")
-    args = parser.parse_args(argv)
-    try:
-        libs = libs_for(args.arch)
-    except RebirthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.add_debug_flag(parser)
+    return cli.main(parser, argv, _print)
+
+
+def _print(args) -> int:
+    libs = libs_for(args.arch)
     if args.cmake:
         print(libs.cmake_lines())
     else:

@@ -20,7 +20,6 @@ tests, tutorials and the accuracy benchmark use that file and never retrain.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -208,24 +207,28 @@ def _without_identities(model):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rebirth_tvm.train_teacher", description=__doc__.split("\n\n")[0])
+    from . import cli
+
+    parser = cli.ArgumentParser(prog="python -m rebirth_tvm.train_teacher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=DEFAULT_OUT, help="ONNX file to write (default: the zoo's fashion_googlenet.onnx)")
-    args = parser.parse_args(argv)
-    try:
-        torch = _torch()
-        torch.set_num_threads(os.cpu_count() or 1)
-        start = time.perf_counter()
-        model, history = train(args.epochs, args.batch, args.lr, args.seed)
-        test_x, test_y = fashion_mnist("test")
-        test = evaluate(model, test_x, test_y)
-        export_onnx(model, args.out)
-    except RebirthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.add_debug_flag(parser)
+    return cli.main(parser, argv, _train)
+
+
+def _train(args) -> int:
+    if args.epochs < 1 or args.batch < 1 or args.seed < 0 or not args.lr > 0:
+        raise RebirthError("--epochs and --batch must be 1 or more, --seed 0 or more and --lr above 0")
+    torch = _torch()
+    torch.set_num_threads(os.cpu_count() or 1)
+    start = time.perf_counter()
+    model, history = train(args.epochs, args.batch, args.lr, args.seed)
+    test_x, test_y = fashion_mnist("test")
+    test = evaluate(model, test_x, test_y)
+    export_onnx(model, args.out)
     summary = {"test_top1": test, "best_val_top1": max(h["val_top1"] for h in history), "epochs": history,
                "seconds": round(time.perf_counter() - start, 1), "torch": torch.__version__,
                "parameters": sum(p.numel() for p in model.parameters()), "args": vars(args)}

@@ -11,11 +11,13 @@ import os
 import sys
 import tempfile
 
+from .. import cli
+from ..errors import RebirthError
 from . import MODELS, build_model
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m rebirth_tvm.models",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=(
@@ -38,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         help="build model NAME and write it to FILE (written atomically)",
     )
     p.add_argument("--seed", type=int, default=0, help="weight RNG seed for --export (default: 0)")
+    cli.add_debug_flag(p)
     return p
 
 
@@ -61,7 +64,10 @@ def _write_atomic(path: str, data: bytes) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    return cli.main(_parser(), argv, _run)
+
+
+def _run(args) -> int:
     if args.list:
         width = max(len(n) for n in MODELS)
         for spec in MODELS.values():
@@ -70,17 +76,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     name, path = args.export
+    if args.seed < 0:
+        raise RebirthError(f"--seed must be 0 or more, got {args.seed}")
+    if os.path.isdir(path):
+        raise RebirthError(f"{path} is a directory; name the .onnx file to write")
     try:
         model = build_model(name, seed=args.seed)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise RebirthError(str(e)) from None
     data = model.SerializeToString()
     try:
         _write_atomic(path, data)
     except OSError as e:
-        print(f"error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
-        return 1
+        raise RebirthError(f"cannot write {path}: {e.strerror or e}") from None
     print(f"wrote {name} (seed {args.seed}, {len(data)} bytes) to {path}")
     return 0
 
