@@ -6,14 +6,15 @@ prints each op's count before and after and the check against onnxruntime.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
 from typing import Any
 
+from . import cli
 from . import report as report_mod
 from .errors import RebirthError
+from .output import OutputPlan
 from .pipeline import PASS_SETS, RebirthOptions, compile_model, parse_shape, write_result
 from .remote import RpcDevice
 from .targets import TARGETS
@@ -29,6 +30,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"check vs {report['check']['reference']}: max abs diff {report['max_abs_diff']:.3g}, "
         f"max rel diff {report['max_rel_diff']:.3g} (tolerance {report['check']['tolerance']:g}) "
         f"-> {'passed' if report['check']['passed'] else 'FAILED'}"
+        + (f"; {report['nonfinite_in_reference']} NaN/infinite output(s) are the original model's own" if report.get("nonfinite_in_reference") else "")
     )
     fidelity = report.get("fidelity")
     if fidelity:
@@ -73,13 +75,16 @@ def json_target(target: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in target.items())
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser() -> cli.ArgumentParser:
     from .models import MODELS
 
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m rebirth_tvm.compile",
         description="Import an ONNX model (or a built-in one), apply rebirth passes, compile it with TVM, "
         "check it against onnxruntime on the original model, and write the library and a report.",
+        epilog="Exit codes: 0 done, 1 unexpected failure (a bug; --debug shows the traceback), 2 bad input, "
+        "3 a check failed (nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). "
+        "Every failure is one 'error:' line on stderr.",
     )
     parser.add_argument("--model", required=True, help=f"an .onnx file or a built-in model: {', '.join(MODELS)}")
     parser.add_argument("--target", default="x86", help=f"where it will run: {', '.join(TARGETS)} (aarch64 Linux; needs the Debian package g++-aarch64-linux-gnu), or a JSON target dict (default: x86)")
@@ -115,65 +120,91 @@ def make_parser() -> argparse.ArgumentParser:
     rebirth.add_argument("--no-streamline", action="store_true", help="skip the streamline merges (conv+pool, conv+LRN): branch merges only")
     rebirth.add_argument("--allow-more-work", action="store_true", help="also make branch merges that add MACs (by default they are refused and the report says by how much)")
     rebirth.add_argument("--save-onnx", default=None, metavar="FILE", help="also write the rewritten model as ONNX (runs in onnxruntime)")
-    parser.add_argument("--out", required=True, help="output directory: model.so, report.json, report.md (replaced as a whole)")
+    parser.add_argument("--out", required=True, help="output directory for model.so, report.json, report.md: a new or empty one, "
+                        "or an earlier result (its files are replaced, all at once); a directory holding other files is refused unless --force")
+    parser.add_argument("--force", action="store_true", help="write into an --out that holds files rebirth-tvm did not write (only its own "
+                        "file names are replaced; nothing else is touched), and replace an existing --save-onnx file")
+    cli.add_debug_flag(parser)
     return parser
 
 
+def _check_arguments(args) -> None:
+    """Every value is checked where it enters, before any work."""
+    if args.seed < 0:
+        raise RebirthError(f"--seed must be 0 or more, got {args.seed}")
+    if args.tune_trials < 0:
+        raise RebirthError(f"--tune-trials must be 0 or more, got {args.tune_trials}")
+    if args.calib_count is not None and args.calib_count < 1:
+        raise RebirthError(f"--calib-count must be 1 or more, got {args.calib_count}")
+    if args.max_site_error is not None and not args.max_site_error > 0:
+        raise RebirthError(f"--max-site-error must be above 0, got {args.max_site_error}")
+    if args.tuning_db is not None and os.path.lexists(args.tuning_db) and not os.path.isdir(args.tuning_db):
+        raise RebirthError(f"--tuning-db {args.tuning_db} is a file; it must be a directory (created if missing)")
+    if args.tuning_db is not None and not args.tuning_db.strip():
+        raise RebirthError("--tuning-db is empty: name a directory")
+
+
 def main(argv=None) -> int:
-    args = make_parser().parse_args(argv)
-    try:
-        start = time.perf_counter()
-        rebirth = None
-        if args.rebirth:
-            if not args.calib:
-                raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, 'fashion-mnist' or 'random')")
-            sites = "all" if args.sites == "all" else [s.strip() for s in args.sites.split(",") if s.strip()]
-            branches = () if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip())
-            if set(branches) - {"pool", "reduce"}:
-                raise RebirthError(f"--branches {args.branches!r}: use pool, reduce, pool,reduce or none")
-            if args.no_streamline and not branches and args.tucker is None:
-                raise RebirthError("--no-streamline with --branches none leaves nothing to relearn")
-            if args.tucker is not None and not 0 < args.tucker <= 1:
-                raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {args.tucker}")
-            if not 0 <= args.select_margin < 1:
-                raise RebirthError(f"--select-margin must be in [0, 1), got {args.select_margin}")
-            rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
-                                     branches=branches, allow_more_work=args.allow_more_work,
-                                     preset=args.preset, calib_count=args.calib_count, streamline=not args.no_streamline,
-                                     select=args.select, select_margin=args.select_margin, tucker=args.tucker,
-                                     max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
-        else:
-            given = [flag for flag, value in (("--calib", args.calib), ("--tucker", args.tucker), ("--max-site-error", args.max_site_error),
-                                              ("--refit-classifier", args.refit_classifier), ("--no-streamline", args.no_streamline),
-                                              ("--select latency", args.select == "latency")) if value]
-            if given:
-                raise RebirthError(f"{', '.join(given)} only apply with --rebirth")
-        if args.rpc_key and not args.rpc_tracker:
-            raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
-        if args.rpc_tracker and not args.tune_trials and args.verify != "rpc" and args.select != "latency":
-            raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N), --verify rpc and --select latency; none was asked for")
-        if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
-            raise RebirthError(f"--max-trials-per-task must be 1 or more, got {args.max_trials_per_task}")
-        result = compile_model(
-            args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
-            cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
-            merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
-            tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task,
-            rpc=RpcDevice.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None,
-            verify=args.verify, runner=args.runner, evaluate=args.evaluate,
-            tuning_db=args.tuning_db or (os.path.join(os.path.dirname(os.path.abspath(args.out)), "tuning-db") if args.tune_trials else None),
-        )
-        write_result(result, args.out, onnx_path=args.save_onnx)
-    except RebirthError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted; nothing was written", file=sys.stderr)
-        return 130
-    print("\n".join(summary_lines(result.report)))
-    extra = ", rebirth-run + runtime libraries" if result.runner else ""
-    print(f"wrote {os.path.join(args.out, 'model.so')}, report.json, report.md{extra} in {time.perf_counter() - start:.1f} s")
-    return 0
+    return cli.main(make_parser(), argv, _compile, interrupted_note="; nothing was written")
+
+
+def _compile(args) -> int:
+    start = time.perf_counter()
+    _check_arguments(args)
+    rebirth = None
+    if args.rebirth:
+        if not args.calib:
+            raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, 'fashion-mnist' or 'random')")
+        sites = "all" if args.sites == "all" else [s.strip() for s in args.sites.split(",") if s.strip()]
+        branches = () if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip())
+        if set(branches) - {"pool", "reduce"}:
+            raise RebirthError(f"--branches {args.branches!r}: use pool, reduce, pool,reduce or none")
+        if args.no_streamline and not branches and args.tucker is None:
+            raise RebirthError("--no-streamline with --branches none leaves nothing to relearn")
+        if args.tucker is not None and not 0 < args.tucker <= 1:
+            raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {args.tucker}")
+        if not 0 <= args.select_margin < 1:
+            raise RebirthError(f"--select-margin must be in [0, 1), got {args.select_margin}")
+        rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
+                                 branches=branches, allow_more_work=args.allow_more_work,
+                                 preset=args.preset, calib_count=args.calib_count, streamline=not args.no_streamline,
+                                 select=args.select, select_margin=args.select_margin, tucker=args.tucker,
+                                 max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
+    else:
+        given = [flag for flag, value in (("--calib", args.calib), ("--tucker", args.tucker), ("--max-site-error", args.max_site_error),
+                                          ("--refit-classifier", args.refit_classifier), ("--no-streamline", args.no_streamline),
+                                          ("--select latency", args.select == "latency")) if value]
+        if given:
+            raise RebirthError(f"{', '.join(given)} only apply with --rebirth")
+    if args.rpc_key and not args.rpc_tracker:
+        raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
+    if args.rpc_tracker and not args.tune_trials and args.verify != "rpc" and args.select != "latency":
+        raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N), --verify rpc and --select latency; none was asked for")
+    if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
+        raise RebirthError(f"--max-trials-per-task must be 1 or more, got {args.max_trials_per_task}")
+    # Where the result goes is checked first: a bad --out fails now, not after the compile.
+    plan = OutputPlan.check(args.out, force=args.force, onnx_path=args.save_onnx,
+                            model_path=args.model if os.path.isfile(args.model) else None)
+    rpc = None
+    if args.rpc_tracker:
+        rpc = RpcDevice.parse(args.rpc_tracker, args.rpc_key)
+        rpc.check_reachable()
+    result = compile_model(
+        args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
+        cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
+        merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
+        tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, rpc=rpc,
+        verify=args.verify, runner=args.runner, evaluate=args.evaluate,
+        tuning_db=args.tuning_db or (os.path.join(os.path.dirname(plan.out_dir), "tuning-db") if args.tune_trials else None),
+    )
+    # Once committed, the output is complete: a Ctrl-C from here on changes nothing.
+    with cli.deferred_interrupts(raise_pending=False):
+        write_result(result, plan)
+        print("\n".join(summary_lines(result.report)))
+        extra = ", rebirth-run + runtime libraries" if result.runner else ""
+        saved = f", {plan.onnx_path}" if plan.onnx_path else ""
+        print(f"wrote {os.path.join(args.out, 'model.so')}, report.json, report.md{extra}{saved} in {time.perf_counter() - start:.1f} s")
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":
