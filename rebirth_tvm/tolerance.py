@@ -1,0 +1,86 @@
+"""How far an exact rewrite may move the outputs: float rounding, and nothing else.
+
+An exact pass only reorders float arithmetic, so its error is rounding, and rounding grows with
+the precision of the dtype and with the length of the longest sum the network computes (a
+rounding walk over L terms drifts like ``eps·√L``). A fixed 1e-4 refuses correct fp16 models
+(eps 1e-3) and a global pool over a 4096×4096 map (16.7M terms), and is needlessly loose for
+nothing. The tolerance is therefore::
+
+    max(1e-4, 4 · eps(dtype) · √L)
+
+relative to the output's scale: 1e-4 for every float32 CNN of normal size (L up to ~4·10^4),
+wider only where the arithmetic itself says so, and still orders of magnitude below what a real
+change (a wrong weight, a dropped op) does to the outputs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tvm
+from tvm import relax
+
+#: The floor: far above float32 rounding in any normal CNN (measured ≤ 2e-6 on the zoo).
+BASE_TOLERANCE = 1e-4
+_ULPS = 4.0
+
+_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps),
+        "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0 ** -7}
+
+
+def _shape(expr) -> tuple[int, ...] | None:
+    from .passes._graph import shape_of
+
+    return shape_of(expr)
+
+
+def _reduction_length(call: relax.Call) -> int:
+    """How many terms one output element of ``call`` sums (1 for element-wise ops)."""
+    name = call.op.name
+    if name in ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.nn.conv2d_transpose"):
+        weight = _shape(call.args[1])
+        return int(np.prod(weight[1:])) if weight else 1
+    if name in ("relax.matmul", "relax.linear"):
+        data = _shape(call.args[0])
+        return data[-1] if data else 1
+    if any(key in name for key in ("pool", "sum", "mean", "variance", "norm", "softmax", "prod")):
+        data, out = _shape(call.args[0]), _shape(call)
+        if not data or out is None:
+            return 1
+        if "softmax" in name or "norm" in name:  # as many outputs as inputs: the axis is summed
+            axis = getattr(call.attrs, "axis", -1)
+            axis = axis[0] if hasattr(axis, "__len__") else axis
+            return data[int(axis)]
+        return max(1, int(np.prod(data)) // max(1, int(np.prod(out))))
+    return 1
+
+
+def longest_reduction(mod: tvm.IRModule) -> int:
+    """The longest sum any op of the module's Relax functions computes for one output element."""
+    longest = 1
+
+    def visit(expr):
+        nonlocal longest
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            try:
+                longest = max(longest, _reduction_length(expr))
+            except Exception:  # an op whose shapes are not static: it adds no bound
+                pass
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return longest
+
+
+def exact_tolerance(dtypes, reduction: int) -> float:
+    """The relative tolerance for an exact rewrite computed in ``dtypes`` (the least precise one
+    counts) whose longest sum has ``reduction`` terms."""
+    eps = max((_EPS.get(str(d), _EPS["float32"]) for d in dtypes if "float" in str(d)), default=_EPS["float32"])
+    return max(BASE_TOLERANCE, _ULPS * eps * math.sqrt(max(1, reduction)))
+
+
+def describe(dtypes, reduction: int) -> str:
+    names = sorted({str(d) for d in dtypes if "float" in str(d)}) or ["float32"]
+    return f"max(1e-4, 4·eps·√L): {'/'.join(names)}, longest sum L = {reduction:,} terms"
