@@ -263,7 +263,7 @@ class RelearnPass:
         self._reference_cache: dict = {}
 
     def relearn(self, mod: tvm.IRModule, site: RelearnSite) -> tvm.IRModule:
-        from rebirth_tvm.hooks import RetrainSite, conv2d_numpy
+        from rebirth_tvm.hooks import RetrainSite, call_hook, conv2d_numpy
 
         start = time.perf_counter()
         inputs = activations(mod, site.input_var, self.calibration)
@@ -272,12 +272,9 @@ class RelearnPass:
         train_x, train_t, test_x, test_t = inputs[:-held], targets[:-held], inputs[-held:], targets[-held:]
         retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher,
                               "relu" if site.relu else None)
-        weight, bias = self.hook(retrain)
+        weight, bias = call_hook(self.hook, retrain)  # shapes and finiteness checked there
         fit = getattr(self.hook, "last_fit", None)  # hooks that can say how well-posed the fit was
-        weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
         expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)
-        if weight.shape != expected or bias.shape != (expected[0],):
-            raise ValueError(f"hook returned weight {weight.shape} / bias {bias.shape} for site {site.name}, expected {expected} / {(expected[0],)}")
         before = passed_on_fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t, site.relu)
         after = passed_on_fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t, site.relu)
         g = site.geometry

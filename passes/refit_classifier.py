@@ -68,7 +68,7 @@ class RefitClassifier:
         self.hook = resolve_hook(hook)
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, conv2d_numpy
+        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, call_hook, conv2d_numpy
 
         start = time.perf_counter()
         graph = FunctionGraph(mod["main"])
@@ -90,8 +90,7 @@ class RefitClassifier:
         geometry = ConvGeometry(d, classes, (1, 1))
         init_w = weight.T.reshape(classes, d, 1, 1).astype(np.float64)
         init_b = np.zeros(classes) if bias is None else bias.reshape(-1).astype(np.float64)
-        new_w, new_b = self.hook(RetrainSite("classifier", geometry, init_w, init_b, x[:-held], t[:-held], None, None))
-        new_w, new_b = np.asarray(new_w, np.float64), np.asarray(new_b, np.float64)
+        new_w, new_b = call_hook(self.hook, RetrainSite("classifier", geometry, init_w, init_b, x[:-held], t[:-held], None, None))
         before = fidelity(conv2d_numpy(x[-held:], init_w, init_b, geometry), t[-held:])
         after = fidelity(conv2d_numpy(x[-held:], new_w, new_b, geometry), t[-held:])
         name = out.name

@@ -191,7 +191,7 @@ class TuckerDecompose(RelearnPass):
             yield name, site
 
     def relearn(self, mod: tvm.IRModule, site: TuckerSite) -> tvm.IRModule:
-        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, conv2d_numpy
+        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, call_hook, conv2d_numpy
 
         start = time.perf_counter()
         unit, (rank_in, rank_out) = site.unit, site.ranks
@@ -211,10 +211,7 @@ class TuckerDecompose(RelearnPass):
             held = max(1, len(inputs) // 5)
             geometry = ConvGeometry(rank_out, unit.channels, (1, 1))
             retrain = RetrainSite(site.name, geometry, last, bias, reduced[:-held], targets[:-held], None, "relu" if site.relu else None)
-            new_last, new_bias = self.hook(retrain)
-            new_last, new_bias = np.asarray(new_last, np.float64), np.asarray(new_bias, np.float64)
-            if new_last.shape != last.shape or new_bias.shape != bias.shape:
-                raise ValueError(f"hook returned weight {new_last.shape} / bias {new_bias.shape} for site {site.name}, expected {last.shape} / {bias.shape}")
+            new_last, new_bias = call_hook(self.hook, retrain)  # shapes and finiteness checked there
             before = passed_on_fidelity(conv2d_numpy(reduced[-held:], last, bias, geometry), targets[-held:], site.relu)
             after = passed_on_fidelity(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry), targets[-held:], site.relu)
             if self.too_far(site.name, after, {**detail, "fidelity_initial": before, "fidelity": after}):

@@ -104,7 +104,16 @@ def _wrap(mod, target, make) -> BuiltModel:
     params = mod["main"].params
     num_input = int(mod["main"].attrs["num_input"]) if mod["main"].attrs and "num_input" in mod["main"].attrs else len(params)
     start = time.perf_counter()
-    executable = make()
+    try:
+        # TVM's C++ warnings on a failed build ("BlockBuilder destroyed ...") say nothing the error does not.
+        with _quiet_native_stderr(show_on_failure=False):
+            executable = make()
+    except (RebirthError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        text = " ".join(str(err).split())
+        raise RebirthError(f"TVM cannot build this model for {describe(target).get('kind')} "
+                           f"({type(err).__name__}: {text[:240]}{'...' if len(text) > 240 else ''})") from err
     return BuiltModel(executable, target, [p.name for p in params[:num_input]], time.perf_counter() - start)
 
 
@@ -156,8 +165,9 @@ def run(built: BuiltModel, inputs) -> np.ndarray | list[np.ndarray]:
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
-    """Swallow what native code writes to fd 2, unless the block fails (then it is shown)."""
+def _quiet_native_stderr(show_on_failure: bool = True):
+    """Swallow what native code writes to fd 2, unless the block fails (then it is shown, if
+    ``show_on_failure``)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as sink:
@@ -166,8 +176,9 @@ def _quiet_native_stderr():
             yield
         except BaseException:
             os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
+            if show_on_failure:
+                sink.seek(0)
+                sys.stderr.write(sink.read().decode(errors="replace"))
             raise
         finally:
             os.dup2(saved, 2)

@@ -67,7 +67,7 @@ def preprocess_image(path: str, shape: Sequence[int], preset: str = "imagenet") 
             resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR)
             left, top = (resized.width - width) // 2, (resized.height - height) // 2
             pixels = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as err:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise RebirthError(f"cannot read image {path}: {err}") from None
     pixels = pixels.reshape(height, width, channels).transpose(2, 0, 1)
     return ((pixels - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]).astype(np.float32)
@@ -82,7 +82,10 @@ def load_calibration(source, input_shape: Sequence[int], preset: str = "imagenet
     """
     if preset not in PRESETS:
         raise RebirthError(f"unknown preprocessing preset {preset!r}; known: {', '.join(PRESETS)}")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
+        raise RebirthError(f"the calibration count must be 1 or more, got {count}")
     sample_shape = tuple(int(d) for d in input_shape[1:])
+    check_fits_in_memory((count or 32) * int(np.prod(sample_shape)) * 4, f"{count or 32} calibration inputs of shape {list(sample_shape)}")
     is_random = isinstance(source, str) and source == "random"
     if isinstance(source, str) and source == FASHION_MNIST:
         from .datasets import fashion_mnist_inputs
@@ -137,6 +140,17 @@ def load_calibration(source, input_shape: Sequence[int], preset: str = "imagenet
         raise RebirthError("calibration inputs contain NaN or infinity")
     n_held = max(1, int(round(len(data) * held_out)))
     return Calibration(data[:-n_held].astype(np.float32), data[-n_held:].astype(np.float32), label, is_random)
+
+
+def check_fits_in_memory(nbytes: int, what: str, share: float = 0.5) -> None:
+    """Refuse, in one line, data that would take more than ``share`` of the memory available now
+    (numpy would otherwise fail deep inside, or the machine would swap to a halt)."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if nbytes > share * available:
+        raise RebirthError(f"{what} need {nbytes / 2**30:.1f} GiB, more than this machine can spare "
+                           f"({available / 2**30:.1f} GiB available)")
 
 
 def _as_batch(data: np.ndarray, sample_shape: tuple[int, ...], what: str) -> np.ndarray:

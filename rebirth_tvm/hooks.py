@@ -219,6 +219,35 @@ class LeastSquaresHook:
         return weight.astype(site.init_weight.dtype), bias.astype(site.init_bias.dtype)
 
 
+def hook_name(hook) -> str:
+    return getattr(hook, "__qualname__", None) or getattr(hook, "__name__", None) or type(hook).__name__
+
+
+def call_hook(hook: RetrainHook, site: RetrainSite) -> tuple[np.ndarray, np.ndarray]:
+    """Run a retraining hook on one site and check what it returns: a ``(weight, bias)`` pair of
+    the site's shapes, every value finite. Whatever goes wrong in a hook (it raises, returns
+    None, the wrong shapes, NaN) is one :class:`RebirthError` naming the hook and the site."""
+    name = hook_name(hook)
+    try:
+        result = hook(site)
+    except RebirthError:
+        raise
+    except Exception as err:
+        raise RebirthError(f"hook {name} failed on site {site.name}: {type(err).__name__}: {err}") from err
+    if not isinstance(result, (tuple, list)) or len(result) != 2:
+        raise RebirthError(f"hook {name} returned {type(result).__name__} for site {site.name}; it must return (weight, bias)")
+    try:
+        weight, bias = np.asarray(result[0], np.float64), np.asarray(result[1], np.float64)
+    except (TypeError, ValueError) as err:
+        raise RebirthError(f"hook {name} returned something that is not two arrays for site {site.name}: {err}") from None
+    if weight.shape != tuple(site.init_weight.shape) or bias.shape != tuple(site.init_bias.shape):
+        raise RebirthError(f"hook {name} returned weight {list(weight.shape)} / bias {list(bias.shape)} for site {site.name}; "
+                           f"expected {list(site.init_weight.shape)} / {list(site.init_bias.shape)}")
+    if not (np.all(np.isfinite(weight)) and np.all(np.isfinite(bias))):
+        raise RebirthError(f"hook {name} returned NaN or infinite weights for site {site.name}")
+    return weight, bias
+
+
 def resolve_hook(hook) -> RetrainHook:
     """``"lstsq"``, ``"sgd"``, ``"package.module:function"``, or a callable with the hook signature."""
     if hook is None or (isinstance(hook, str) and hook == "lstsq"):
@@ -233,8 +262,8 @@ def resolve_hook(hook) -> RetrainHook:
         module_name, _, attr = hook.partition(":")
         try:
             found = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as err:
-            raise RebirthError(f"cannot load hook {hook!r}: {err}") from None
+        except Exception as err:  # ImportError, AttributeError, or whatever the module raises on import
+            raise RebirthError(f"cannot load hook {hook!r}: {type(err).__name__}: {err}") from None
         if not callable(found):
             raise RebirthError(f"hook {hook!r} is not callable")
         return found

@@ -72,6 +72,7 @@ def read_onnx(path_or_zoo_name: str | os.PathLike | onnx.ModelProto) -> onnx.Mod
         onnx.checker.check_model(model)
     except Exception as err:
         raise RebirthError(f"{text} is not a valid ONNX model: {err}") from None
+    check_finite_weights(model, text)
     return model
 
 
@@ -178,8 +179,57 @@ def import_onnx(model: onnx.ModelProto, specs: Sequence[InputSpec]) -> tvm.IRMod
         raise RebirthError(f"the TVM ONNX importer failed: {type(err).__name__}: {err}") from None
 
     mod = _name_bindings_after_onnx_nodes(mod, model, importer._nodes)
-    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()])(mod)
+    check_shapes(mod, specs)
+    try:
+        mod = tvm.transform.Sequential([relax.transform.FoldConstant(), relax.transform.DeadCodeElimination()])(mod)
+    except Exception as err:
+        raise RebirthError(f"TVM cannot evaluate the model's constants for input shape(s) "
+                           f"{', '.join(str(list(s.shape)) for s in specs)}: {type(err).__name__}: {err}") from None
     return mod
+
+
+def check_shapes(mod: tvm.IRModule, specs: Sequence[InputSpec]) -> None:
+    """Refuse input shapes the network cannot take: a value that would have an empty dimension
+    (an input too small for its convs and pools), or tensors too large for this machine."""
+    from .calibration import check_fits_in_memory
+    from .passes._graph import dtype_of, shape_of
+
+    given = ", ".join(str(list(s.shape)) for s in specs)
+    largest, largest_name = 0, ""
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            shape = shape_of(binding.var)
+            if shape is None:
+                continue
+            if any(d <= 0 for d in shape):
+                raise RebirthError(f"input shape {given} is too small for the network: {binding.var.name} would have shape {list(shape)}")
+            dtype = dtype_of(binding.var) or "float32"
+            nbytes = int(np.prod(shape, dtype=np.float64)) * _itemsize(dtype)
+            if nbytes > largest:
+                largest, largest_name = nbytes, binding.var.name
+    check_fits_in_memory(largest, f"input shape {given}: the network's largest value ({largest_name})", share=0.25)
+
+
+def _itemsize(dtype: str) -> int:
+    try:
+        return np.dtype(dtype).itemsize
+    except TypeError:  # bfloat16 and other dtypes numpy does not name
+        return 4
+
+
+def check_finite_weights(model: onnx.ModelProto, label: str) -> None:
+    """Refuse a model whose float weights hold NaN or infinity: every output it computes from
+    them is garbage, and no check downstream could say the rewrite was right."""
+    from onnx import numpy_helper
+
+    for init in model.graph.initializer:
+        if init.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16):
+            continue
+        values = numpy_helper.to_array(init)
+        bad = int(np.size(values) - np.count_nonzero(np.isfinite(values)))
+        if bad:
+            raise RebirthError(f"{label} has {bad} NaN or infinite value(s) in its weight {init.name!r}; "
+                               "fix the model (they make every output meaningless)")
 
 
 #: Ops never evaluated ahead of time: their value is not a function of their inputs.

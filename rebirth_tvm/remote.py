@@ -33,7 +33,7 @@ class RpcDevice:
     def parse(cls, tracker: str, key: str | None) -> "RpcDevice":
         """``"HOST:PORT"`` and a device key, as given on the command line."""
         host, _, port = tracker.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise RebirthError(f"--rpc-tracker {tracker!r}: use HOST:PORT, e.g. 192.168.1.20:9190")
         if not key:
             raise RebirthError("--rpc-tracker needs --rpc-key, the key the board's rpc_server registered with")
@@ -42,10 +42,23 @@ class RpcDevice:
     def __str__(self) -> str:
         return f"{self.key}@{self.tracker_host}:{self.tracker_port}"
 
+    def check_reachable(self, timeout: float = 3.0) -> None:
+        """One TCP connection attempt to the tracker with a short timeout, before any work
+        (TVM's own client retries for a minute, printing a warning every five seconds)."""
+        import socket
+
+        try:
+            with socket.create_connection((self.tracker_host, self.tracker_port), timeout=timeout):
+                pass
+        except OSError as err:
+            raise RebirthError(f"cannot reach the RPC tracker at {self.tracker_host}:{self.tracker_port}: "
+                               f"{err.strerror or err or 'timed out'}") from None
+
     def session(self):
         """An RPC session on one device with this key (waits while all are busy)."""
         from tvm import rpc
 
+        self.check_reachable()
         try:
             tracker = rpc.connect_tracker(self.tracker_host, self.tracker_port)
         except Exception as err:

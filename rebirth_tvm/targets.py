@@ -37,6 +37,8 @@ def resolve_target(name: str, cpu: str | None = None, arch: str | None = None) -
     """A target name (:data:`TARGETS`) or a JSON target dict → ``tvm.target.Target``."""
     if name == "x86":
         spec = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
+        if cpu is not None:
+            _check_llvm_cpu(cpu, {"kind": "llvm"}, "x86")
         mcpu = cpu or host_cpu()
         if mcpu:
             spec["mcpu"] = mcpu
@@ -59,6 +61,16 @@ def resolve_target(name: str, cpu: str | None = None, arch: str | None = None) -
         except Exception as err:
             raise RebirthError(f"invalid JSON target {name}: {err}") from None
     raise RebirthError(f"unknown target {name!r}; known: {', '.join(TARGETS)} or a JSON target dict")
+
+
+def _check_llvm_cpu(cpu: str, spec: dict, label: str) -> None:
+    """Refuse a CPU LLVM does not know (LLVM itself only warns and builds for a generic CPU)."""
+    from tvm.target import codegen
+
+    known = [str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target(spec))]
+    if known and cpu not in known:
+        near = [c for c in known if c.startswith(cpu[:3])][:6] or known[:6]
+        raise RebirthError(f"unknown CPU {cpu!r} for target {label} (LLVM knows {len(known)}, e.g. {', '.join(near)})")
 
 
 def _target(spec: dict, message: str) -> tvm.target.Target:
