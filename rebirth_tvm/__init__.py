@@ -19,9 +19,15 @@ def _interrupt_while_starting(signum, frame):
     os._exit(128 + signum)
 
 
-# ``python -m rebirth_tvm.<command>``: importing TVM takes a second or more, and an interrupt in
-# that second must end the command like any other (rebirth_tvm.cli takes over once it runs).
-if sys.argv[:1] == ["-m"] and __import__("threading").current_thread() is __import__("threading").main_thread():
+def _started_as_our_command() -> bool:
+    """``python -m rebirth_tvm.<command>`` being imported (not a program that imports us)."""
+    argv = getattr(sys, "orig_argv", [])
+    return sys.argv[:1] == ["-m"] and "-m" in argv[:-1] and argv[argv.index("-m") + 1].startswith(__name__ + ".")
+
+
+# Importing TVM takes a second or more, and an interrupt in that second must end the command like
+# any other; rebirth_tvm.cli takes over (and removes these) once the command runs.
+if _started_as_our_command():
     for _signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(_signum, _interrupt_while_starting)
 

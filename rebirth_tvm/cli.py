@@ -6,7 +6,8 @@ Exit codes (the same for ``rebirth_tvm.compile``, ``.bench``, ``.accuracy`` and 
 ====  ==============================================================================
 0     done
 1     an unexpected failure (a bug in rebirth-tvm or TVM); ``--debug`` shows the traceback
-2     bad input: arguments, files, models, hooks, shapes, targets, devices
+2     bad input: arguments, files, models, hooks, shapes, targets, devices; or the machine
+      refused (a full disk, no permission, out of memory)
 3     a check failed: the result differs from the reference, so nothing was written
 130   interrupted by SIGINT (Ctrl-C); 143 by SIGTERM. Nothing partial is left behind
 ====  ==============================================================================
@@ -112,11 +113,22 @@ def deferred_interrupts(raise_pending: bool = True):
 def main(parser: argparse.ArgumentParser, argv, body: Callable[[argparse.Namespace], int], interrupted_note: str = "") -> int:
     """Parse ``argv`` and :func:`run` ``body(args)``; returns the exit code (``--help``: 0, a bad
     argument: 2 after its one line), so that calling a command in-process never exits Python."""
+    _drop_startup_handlers()
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else EXIT_BAD_INPUT
     return run(lambda: body(args), debug=getattr(args, "debug", False), interrupted_note=interrupted_note)
+
+
+def _drop_startup_handlers() -> None:
+    """The package's "interrupted while starting" handlers have done their job once a command runs."""
+    import rebirth_tvm
+
+    if threading.current_thread() is threading.main_thread():
+        for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            if signal.getsignal(sig) is rebirth_tvm._interrupt_while_starting:
+                signal.signal(sig, default)
 
 
 def run(body: Callable[[], int], debug: bool = False, interrupted_note: str = "") -> int:

@@ -197,13 +197,14 @@ def _compile(args) -> int:
         verify=args.verify, runner=args.runner, evaluate=args.evaluate,
         tuning_db=args.tuning_db or (os.path.join(os.path.dirname(plan.out_dir), "tuning-db") if args.tune_trials else None),
     )
-    # Once committed, the output is complete: a Ctrl-C from here on changes nothing.
-    with cli.deferred_interrupts(raise_pending=False):
-        write_result(result, plan)
+
+    def announce(names):  # runs right after the commit: from there on a Ctrl-C changes nothing
         print("\n".join(summary_lines(result.report)))
         extra = ", rebirth-run + runtime libraries" if result.runner else ""
         saved = f", {plan.onnx_path}" if plan.onnx_path else ""
         print(f"wrote {os.path.join(args.out, 'model.so')}, report.json, report.md{extra}{saved} in {time.perf_counter() - start:.1f} s")
+
+    write_result(result, plan, announce=announce)
     return cli.EXIT_OK
 
 

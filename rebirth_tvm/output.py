@@ -103,7 +103,12 @@ class OutputPlan:
             if os.path.isdir(onnx_path):
                 raise RebirthError(f"--save-onnx {onnx_path} is a directory; name a file")
             if os.path.dirname(onnx_path) == out:
+                if os.path.basename(onnx_path) in TOOL_FILES:
+                    raise RebirthError(f"--save-onnx {onnx_path} would replace the tool's own {os.path.basename(onnx_path)}; "
+                                       "choose another name (e.g. model.onnx)")
                 extra = (os.path.basename(onnx_path),)
+            elif onnx_path.startswith(out + os.sep):
+                raise RebirthError(f"--save-onnx {onnx_path} is in a folder inside --out; write it into --out itself or outside it")
             elif os.path.lexists(onnx_path) and not force and not _written_by_us(onnx_path):
                 raise RebirthError(f"--save-onnx {onnx_path} exists and was not written by rebirth-tvm; "
                                    "choose another file, or add --force to replace it")
@@ -233,15 +238,24 @@ class Staging:
         return names
 
     def _stale_moves(self, names: list[str]) -> list[tuple[None, str]]:
-        """Files a previous result wrote that this one does not (a runner bundle, an ONNX saved
-        there): removed with the rest, so the directory describes one run. Only in a recognised
-        result, and only the files its report lists (or, for results from before the list, the
-        tool's own file names)."""
-        ours = _previous_result_files(self.plan.out_dir)
-        if ours is None:
+        """The runner bundle of a previous result when this one has none: removed with the rest,
+        so the runner beside model.so is never an older one. Only the tool's own file names, and
+        only in a recognised result; anything else an earlier run wrote there (an ONNX saved with
+        --save-onnx) may have been taken over by the user since, and stays."""
+        if _previous_result_files(self.plan.out_dir) is None:
             return []
-        return [(None, os.path.join(self.plan.out_dir, n)) for n in sorted(ours - set(names))
-                if os.sep not in n and os.path.isfile(os.path.join(self.plan.out_dir, n))]
+        return [(None, os.path.join(self.plan.out_dir, n)) for n in TOOL_FILES
+                if n not in names and os.path.isfile(os.path.join(self.plan.out_dir, n))
+                and not os.path.islink(os.path.join(self.plan.out_dir, n))]
+
+    def inherited_names(self) -> list[str]:
+        """Files an earlier result in ``--out`` wrote, still there and not written again now:
+        listed in the new report too, so that later runs still recognise them as the tool's."""
+        if self._new_dir:
+            return []
+        ours = _previous_result_files(self.plan.out_dir) or set()
+        return sorted(n for n in ours - set(TOOL_FILES) - self.plan.names
+                      if os.sep not in n and os.path.isfile(os.path.join(self.plan.out_dir, n)))
 
     def discard(self) -> None:
         for directory in self._cleanup:
@@ -274,9 +288,9 @@ def _replace_all(moves) -> None:
                     backups[directory] = tempfile.mkdtemp(prefix=STAGING_PREFIX + "old-", dir=directory)
                 saved = os.path.join(backups[directory], str(i))
                 try:
-                    os.link(destination, saved)
+                    os.link(destination, saved, follow_symlinks=False)
                 except OSError:  # a file system without hard links
-                    shutil.copy2(destination, saved)
+                    shutil.copy2(destination, saved, follow_symlinks=False)
             if source is None:
                 os.unlink(destination)
             else:

@@ -222,9 +222,9 @@ def compile_model(
     outputs = checked.run([inputs[s.name] for s in specs])
     references = onnxruntime_outputs(onnx_model, inputs)
     diff = report_mod.output_difference(outputs, references if len(references) > 1 else references[0])
-    dtypes = [s.dtype for s in specs] + [str(o.dtype) for o in references]
+    compute_dtypes, output_dtypes = computed_in(onnx_model, specs), [str(np.asarray(o).dtype) for o in references]
     reduction = longest_reduction(original)
-    tolerance = exact_tolerance(dtypes, reduction)
+    tolerance = exact_tolerance(compute_dtypes, reduction, output_dtypes)
     passed = diff["max_rel_diff"] <= tolerance
     if not passed:
         raise CheckFailed(
@@ -243,7 +243,7 @@ def compile_model(
             "reference": reference_name(),
             "inputs": f"random normal, seed {seed} (not real data)",
             "tolerance": tolerance,
-            "tolerance_basis": describe_tolerance(dtypes, reduction),
+            "tolerance_basis": describe_tolerance(compute_dtypes, reduction, output_dtypes),
             "passed": passed,
             "stage": "exact passes" if rebirth else passes,
             "ran_on": describe(checked.target),
@@ -451,6 +451,15 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
     return mod, list(sites), fidelity
 
 
+def computed_in(onnx_model, specs) -> list[str]:
+    """The float dtypes a network computes in: its inputs' and its weights' (not an output cast)."""
+    import onnx
+
+    weights = {onnx.helper.tensor_dtype_to_np_dtype(init.data_type).name for init in onnx_model.graph.initializer
+               if init.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE)}
+    return sorted({s.dtype for s in specs} | weights)
+
+
 def _per_sample(output, batch: int) -> np.ndarray:
     """An output as rows, one per sample when the batch is its first axis (a scalar or a
     batch-less output is one row for the whole batch)."""
@@ -460,7 +469,7 @@ def _per_sample(output, batch: int) -> np.ndarray:
     return output.reshape(1, -1)
 
 
-def write_result(result: CompileResult, out, onnx_path: str | None = None, force: bool = False) -> list[str]:
+def write_result(result: CompileResult, out, onnx_path: str | None = None, force: bool = False, announce=None) -> list[str]:
     """Write model.so, report.json, report.md into ``out`` as one transaction (and the ONNX, if asked).
 
     ``out`` is a directory path or an :class:`~rebirth_tvm.output.OutputPlan` checked before the
@@ -490,15 +499,20 @@ def write_result(result: CompileResult, out, onnx_path: str | None = None, force
             import onnx
 
             onnx.save(exported, stage.onnx_path())
-        files = sorted(os.listdir(stage.directory)) + ["report.json", "report.md"]
-        report = {"written_by": f"{WRITTEN_BY} {_version()}", "files": sorted(files), **result.report}
+        files = sorted(set(os.listdir(stage.directory)) | {"report.json", "report.md"} | set(stage.inherited_names()))
+        report = {"written_by": f"{WRITTEN_BY} {_version()}", "files": files, **result.report}
         report_mod.write_json(report, stage.path("report.json"))
         with open(stage.path("report.md"), "w") as f:
             f.write(report_mod.markdown(result.report))
         from .cli import deferred_interrupts
 
-        with deferred_interrupts():  # the commit is never cut in half by a signal
-            return stage.commit()
+        # The commit is never cut in half by a signal. With ``announce`` (the CLI's summary) a
+        # signal during the commit or the announcement is dropped: the result is complete.
+        with deferred_interrupts(raise_pending=announce is None):
+            names = stage.commit()
+            if announce is not None:
+                announce(names)
+        return names
 
 
 def _version() -> str:

@@ -38,7 +38,7 @@ def resolve_target(name: str, cpu: str | None = None, arch: str | None = None) -
     if name == "x86":
         spec = {"kind": "llvm", "num-cores": os.cpu_count() or 1}
         if cpu is not None:
-            _check_llvm_cpu(cpu, {"kind": "llvm"}, "x86")
+            _check_llvm_cpu(cpu, {"kind": "llvm"}, "target x86")
         mcpu = cpu or host_cpu()
         if mcpu:
             spec["mcpu"] = mcpu
@@ -57,9 +57,14 @@ def resolve_target(name: str, cpu: str | None = None, arch: str | None = None) -
         return _target({"kind": "cuda", "arch": arch, "host": {"kind": "llvm"}}, f"cannot make a cuda target for {arch}")
     if name.lstrip().startswith("{"):
         try:
-            return tvm.target.Target(json.loads(name))
+            spec = json.loads(name)
+            target = tvm.target.Target(spec)
         except Exception as err:
             raise RebirthError(f"invalid JSON target {name}: {err}") from None
+        if target.kind.name == "llvm" and "mcpu" in target.attrs:
+            triple = {"mtriple": str(target.attrs["mtriple"])} if "mtriple" in target.attrs else {}
+            _check_llvm_cpu(str(target.attrs["mcpu"]), {"kind": "llvm", **triple}, "the JSON target")
+        return target
     raise RebirthError(f"unknown target {name!r}; known: {', '.join(TARGETS)} or a JSON target dict")
 
 
@@ -70,7 +75,7 @@ def _check_llvm_cpu(cpu: str, spec: dict, label: str) -> None:
     known = [str(c) for c in codegen.llvm_get_cpu_archlist(tvm.target.Target(spec))]
     if known and cpu not in known:
         near = [c for c in known if c.startswith(cpu[:3])][:6] or known[:6]
-        raise RebirthError(f"unknown CPU {cpu!r} for target {label} (LLVM knows {len(known)}, e.g. {', '.join(near)})")
+        raise RebirthError(f"unknown CPU {cpu!r} for {label} (LLVM knows {len(known)}, e.g. {', '.join(near)})")
 
 
 def _target(spec: dict, message: str) -> tvm.target.Target:

@@ -6,11 +6,15 @@ rounding walk over L terms drifts like ``eps·√L``). A fixed 1e-4 refuses corr
 (eps 1e-3) and a global pool over a 4096×4096 map (16.7M terms), and is needlessly loose for
 nothing. The tolerance is therefore::
 
-    max(1e-4, 4 · eps(dtype) · √L)
+    min(1e-2, max(1e-4, 4 · eps(compute) · √L, 4 · eps(output)))
 
 relative to the output's scale: 1e-4 for every float32 CNN of normal size (L up to ~4·10^4),
-wider only where the arithmetic itself says so, and still orders of magnitude below what a real
-change (a wrong weight, a dropped op) does to the outputs.
+wider only where the arithmetic itself says so. ``compute`` is the least precise dtype the
+network computes in (its inputs and weights; a float32 network that only casts its output to
+fp16 computes in float32), ``output`` the outputs' own (their last rounding). The cap keeps the
+check meaningful whatever the dtype: no tolerance ever lets a dropped op or a wrong weight
+through (those move outputs by tens of percent); an fp16 network whose exact rewrite rounds
+differently by more than 1% fails closed.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from tvm import relax
 
 #: The floor: far above float32 rounding in any normal CNN (measured ≤ 2e-6 on the zoo).
 BASE_TOLERANCE = 1e-4
+#: The ceiling, whatever the dtype and the sums: above it a check would no longer catch real changes.
+MAX_TOLERANCE = 1e-2
 _ULPS = 4.0
 
 _EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps),
@@ -74,13 +80,21 @@ def longest_reduction(mod: tvm.IRModule) -> int:
     return longest
 
 
-def exact_tolerance(dtypes, reduction: int) -> float:
-    """The relative tolerance for an exact rewrite computed in ``dtypes`` (the least precise one
-    counts) whose longest sum has ``reduction`` terms."""
-    eps = max((_EPS.get(str(d), _EPS["float32"]) for d in dtypes if "float" in str(d)), default=_EPS["float32"])
-    return max(BASE_TOLERANCE, _ULPS * eps * math.sqrt(max(1, reduction)))
+def _eps(dtypes) -> float:
+    return max((_EPS.get(str(d), _EPS["float32"]) for d in dtypes if "float" in str(d)), default=_EPS["float32"])
 
 
-def describe(dtypes, reduction: int) -> str:
-    names = sorted({str(d) for d in dtypes if "float" in str(d)}) or ["float32"]
-    return f"max(1e-4, 4·eps·√L): {'/'.join(names)}, longest sum L = {reduction:,} terms"
+def exact_tolerance(compute_dtypes, reduction: int, output_dtypes=()) -> float:
+    """The relative tolerance for an exact rewrite of a network computing in ``compute_dtypes``
+    (the least precise counts) whose longest sum has ``reduction`` terms and whose outputs are
+    rounded to ``output_dtypes``."""
+    widened = max(BASE_TOLERANCE, _ULPS * _eps(compute_dtypes) * math.sqrt(max(1, reduction)),
+                  _ULPS * _eps(output_dtypes) if output_dtypes else 0.0)
+    return min(MAX_TOLERANCE, widened)
+
+
+def describe(compute_dtypes, reduction: int, output_dtypes=()) -> str:
+    names = sorted({str(d) for d in compute_dtypes if "float" in str(d)}) or ["float32"]
+    outputs = sorted({str(d) for d in output_dtypes if "float" in str(d)})
+    return (f"min(1e-2, max(1e-4, 4·eps·√L, 4·eps_out)): computes in {'/'.join(names)}, longest sum L = {reduction:,} terms"
+            + (f", outputs {'/'.join(outputs)}" if outputs else ""))
