@@ -251,8 +251,16 @@ def compile_model(
         },
     }
     if rebirth:
-        rewritten, relearned, fidelity = _rebirth_stage(rewritten, rebirth, calibration, onnx_model, specs, tvm_target, rpc, tuning_db,
-                                                        merge_parallel=passes == "exact" and merge_parallel)
+        sibling_merge = passes == "exact" and merge_parallel
+        base = rewritten
+        if sibling_merge:
+            # Merged siblings would hide an inception module's reduce convs from the branch merges
+            # (a reduce conv becomes a slice of the merged one): relearn on the exact module
+            # without the sibling merge, which runs again after the relearned rewrites.
+            base, _ = apply_passes(original, passes, allow_kernel_padding, merge_parallel=False)
+            sites = [s for s in sites if s.pass_name != "MergeParallelConvs"]
+        rewritten, relearned, fidelity = _rebirth_stage(base, rebirth, calibration, onnx_model, specs, tvm_target, rpc, tuning_db,
+                                                        merge_parallel=sibling_merge, allow_kernel_padding=allow_kernel_padding)
         sites = sites + relearned
         built = fidelity.pop("built")
         report["fidelity"] = fidelity
@@ -391,7 +399,8 @@ def _calibration(options: RebirthOptions, name, specs):
     return calibration
 
 
-def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target, rpc, tuning_db, merge_parallel: bool):
+def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs, target, rpc, tuning_db, merge_parallel: bool,
+                   allow_kernel_padding: bool = False):
     """Relearned merges, then the end-to-end fidelity on the held-out inputs."""
     from .hooks import resolve_hook
     from .passes import (DistributePoolOverConcat, LatencySelector, MergeParallelConvs, Rebirth, RefitClassifier, TuckerDecompose,
@@ -427,7 +436,7 @@ def _rebirth_stage(mod, options: RebirthOptions, calibration, onnx_model, specs,
         if merge_parallel:
             # Branch merges leave new convs reading the module input (a pool branch's projection,
             # say): the exact sibling merge combines them with the convs already there.
-            mod = MergeParallelConvs()(mod)
+            mod = MergeParallelConvs(allow_kernel_padding=allow_kernel_padding)(mod)
     built = build(mod, target)
     checked = host_build_for(built, mod)
     batch = specs[0].shape[0]
