@@ -71,6 +71,17 @@ def passed_on_fidelity(out: np.ndarray, ref: np.ndarray, relu: bool) -> dict:
     return fidelity(out, ref)
 
 
+def channel_mean_fidelity(train_targets: np.ndarray, test_targets: np.ndarray, relu: bool) -> dict:
+    """The trivial baseline a relearned site must beat: predict every output channel's mean
+    (over the training targets, after the ReLU where one follows) whatever the input.
+
+    A relearned conv that does no better than this constant has learned nothing about its input,
+    whatever its error against the initial weights says."""
+    passed = np.maximum(train_targets, 0) if relu else train_targets
+    mean = passed.mean(axis=(0, 2, 3), keepdims=True) if passed.ndim == 4 else passed.mean(axis=0, keepdims=True)
+    return passed_on_fidelity(np.broadcast_to(mean, test_targets.shape), test_targets, relu)
+
+
 def activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
     """The value of ``var`` in ``main`` for each calibration sample, in the model's batch size."""
     func = mod["main"]
@@ -303,7 +314,9 @@ class RelearnPass:
             detail={"pattern": site.pattern, "kernel": list(g.kernel), "stride": list(g.stride), "padding": list(g.padding),
                     "input_shape": in_shape, "output_shape": [int(d) for d in out_shape],
                     "macs_before": site.macs_before, "macs_after": conv_macs(out_shape, expected),
-                    "fidelity_initial": before, "fidelity": after, "held_out": held, "calibration": len(inputs),
+                    "fidelity_initial": before, "fidelity": after,
+                    "fidelity_channel_mean": channel_mean_fidelity(train_t, test_t, site.relu),
+                    "held_out": held, "calibration": len(inputs),
                     "kept_initial": kept_initial,
                     "seconds": round(time.perf_counter() - start, 3), **({"fit": fit} if fit else {})},
         ))

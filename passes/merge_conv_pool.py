@@ -4,7 +4,7 @@ Relearned, not exact (DeepRebirth's streamline merge). The new conv's stride is 
 the conv's and the pool's strides, and its padding is chosen so its output shape equals the
 pool's exactly (ceil mode and asymmetric padding included). Kernel policy:
 
-* ``"cover"`` (default): the kernel grows to the pool's receptive field, ``kc + (kp - 1)·sc``.
+* ``"cover"``: the kernel grows to the pool's receptive field, ``kc + (kp - 1)·sc``.
   Initial weights are the conv averaged over the pool window, which is *exact* for an average
   pool without padding and no ReLU between.
 * ``"keep"``: the conv's own kernel, centred on that receptive field; cheaper, always relearned.

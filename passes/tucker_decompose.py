@@ -33,7 +33,8 @@ from tvm import relax
 
 from ._conv import CONV2D, conv2d_like, match_conv, plain_conv_refusal
 from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import RelearnPass, activations, compiled_teacher, conv_macs, emit_conv_unit, passed_on_fidelity
+from ._relearn import (RelearnPass, activations, channel_mean_fidelity, compiled_teacher, conv_macs, emit_conv_unit,
+                       passed_on_fidelity)
 from ._rewrite import apply_plan
 from ._sites import REWRITTEN, SiteRecord
 
@@ -218,7 +219,9 @@ class TuckerDecompose(RelearnPass):
                 return mod
             last, bias = new_last, new_bias
             fit = getattr(self.hook, "last_fit", None)
-            detail.update(fidelity_initial=before, fidelity=after, held_out=held, calibration=len(inputs), **({"fit": fit} if fit else {}))
+            detail.update(fidelity_initial=before, fidelity=after, held_out=held, calibration=len(inputs),
+                          fidelity_channel_mean=channel_mean_fidelity(targets[:-held], targets[-held:], site.relu),
+                          **({"fit": fit} if fit else {}))
             reason = (f"ranks ({rank_in}, {rank_out}), MACs {site.macs_before:,} → {site.macs_after:,}; "
                       f"held-out relative MSE {before['rel_mse']:.3g} (HOSVD) → {after['rel_mse']:.3g} (relearned)")
         build = self.replacement(site, last, bias)
