@@ -22,6 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_IMAGES, CALIB_IMAGES, BOUND_POINTS, MIN_AGREEMENT = 500, 300, 6.0, 0.90
 
 
+@pytest.mark.slow
 def test_reborn_teacher_stays_within_bound_of_the_teacher(tmp_path):
     out = tmp_path / "fashion"
     proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "fashion_googlenet", "--rebirth",

@@ -16,18 +16,14 @@ from tvm import relax
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", *args], capture_output=True, text=True, cwd=cwd or ROOT, timeout=600)
-
-
-def test_help_documents_every_flag():
+def test_help_documents_every_flag(cli):
     proc = cli("--help")
     assert proc.returncode == 0
     for flag in ("--model", "--target", "--passes", "--input-shape", "--out", "--cpu", "--allow-kernel-padding", "--skip-merge-parallel", "--seed"):
         assert flag in proc.stdout
 
 
-def test_compile_writes_library_and_reports(tmp_path):
+def test_compile_writes_library_and_reports(tmp_path, cli):
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_cnn(), model)
     out = tmp_path / "out"
@@ -51,7 +47,7 @@ def test_compile_writes_library_and_reports(tmp_path):
     assert np.max(np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ref)) <= 1e-5 * np.max(np.abs(ref))
 
 
-def test_passes_none_and_input_shape(tmp_path):
+def test_passes_none_and_input_shape(tmp_path, cli):
     model = tmp_path / "dyn.onnx"
     onnx.save(tiny_cnn(dynamic=True), model)
     out = tmp_path / "out"
@@ -78,7 +74,7 @@ def write(tmp_path, name, data):
     (lambda p: ["--model", write(p, "t.onnx", tiny_cnn().SerializeToString()), "--target", "tpu"], "unknown target"),
     (lambda p: ["--model", write(p, "t.onnx", tiny_cnn().SerializeToString()), "--input-shape", "1,3,a,b"], "integers"),
 ])
-def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message, cli):
     out = tmp_path / "out"
     proc = cli(*args(tmp_path), "--out", str(out))
     assert proc.returncode != 0
@@ -88,7 +84,7 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, args, message):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(".rebirth")]
 
 
-def test_existing_output_is_kept_when_a_later_run_fails(tmp_path):
+def test_existing_output_is_kept_when_a_later_run_fails(tmp_path, cli):
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_cnn(), model)
     out = tmp_path / "out"
@@ -98,7 +94,7 @@ def test_existing_output_is_kept_when_a_later_run_fails(tmp_path):
     assert (out / "report.json").read_text() == before
 
 
-def test_models_cli_exports_what_compile_reads(tmp_path):
+def test_models_cli_exports_what_compile_reads(tmp_path, cli):
     path = tmp_path / "sq.onnx"
     proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.models", "--export", "squeezenet1_1", str(path)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr

@@ -60,6 +60,7 @@ def test_cli_save_onnx_writes_the_reborn_model(tmp_path):
     assert json.loads((tmp_path / "out" / "report.json").read_text())["fidelity"]["random_inputs"] is False
 
 
+@pytest.mark.slow
 def test_googlenet_full_rebirth_structure():
     """Every variant on: no LRN, no inception pool branch, and (with pool3/pool4 distributed into
     the branches and merged there) no max pool at all; every rebirth site was rewritten."""

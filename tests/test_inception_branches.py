@@ -3,6 +3,7 @@
 import numpy as np
 import tvm
 from onnx_builders import inception
+from photos import channel_mean_error, photo_batch, relative_error
 from relax_builders import count_ops, rel_err, run
 
 import rebirth_tvm
@@ -33,13 +34,27 @@ def test_distribute_pool_leaves_a_shared_concat_alone():
     assert distribute.sites == []
 
 
-def test_default_merges_only_what_does_not_add_work():
-    merge = MergeInceptionBranches(calibration())
+def photo_calibration(tmp_path, count=30):
+    """Photos (the sites learn little from noise that a constant does not give: bpool_proj on
+    standard-normal inputs 0.11 against the per-channel mean's 0.12)."""
+    return photo_batch(tmp_path / "img", (1, 3, 16, 16), count=count)
+
+
+def assert_beats_baselines(site, margin=0.6):
+    """Relearned, not the fallback, and well below both the initial weights and a constant."""
+    fidelity, initial, constant = (site.detail[k]["rel_mse"] for k in ("fidelity", "fidelity_initial", "fidelity_channel_mean"))
+    assert not site.detail["kept_initial"], site.site
+    assert fidelity < margin * min(initial, constant), (site.site, fidelity, initial, constant)
+
+
+def test_default_merges_only_what_does_not_add_work(tmp_path):
+    merge = MergeInceptionBranches(photo_calibration(tmp_path))
     after = merge(rebirth_tvm.load(inception(pooled=False)))
     status = {s.site: s for s in merge.sites}
-    # The pool branch's max pool is gone (1x1 keeps the MACs); its fidelity improved by relearning.
+    # The pool branch's max pool is gone (1x1 keeps the MACs); relearning beat both baselines
+    # (measured 0.13 against 0.27 initial, 0.51 constant).
     assert status["bpool_proj"].status == "rewritten"
-    assert status["bpool_proj"].detail["fidelity"]["rel_mse"] < status["bpool_proj"].detail["fidelity_initial"]["rel_mse"]
+    assert_beats_baselines(status["bpool_proj"])
     assert status["bpool_proj"].detail["macs_after"] == status["bpool_proj"].detail["macs_before"]
     assert count_ops(after, "relax.nn.max_pool2d") == 0
     # Reduce merges read the 16-channel module input: more MACs, so refused with the numbers.
@@ -47,18 +62,28 @@ def test_default_merges_only_what_does_not_add_work():
         assert status[name].status == "refused" and "would raise MACs" in status[name].reason
 
 
-def test_allow_more_work_merges_reduce_branches_and_keeps_the_output_shape():
+def test_allow_more_work_merges_reduce_branches_and_stays_close_to_the_original(tmp_path):
     model = inception(pooled=False)
     mod = rebirth_tvm.load(model)
-    merge = MergeInceptionBranches(calibration(), allow_more_work=True)
+    images = photo_calibration(tmp_path, count=36)
+    seen, held = images[:30], images[30:]
+    merge = MergeInceptionBranches(seen, allow_more_work=True)
     after = merge(mod)
     rewritten = {s.site: s for s in merge.sites if s.status == "rewritten"}
     assert set(rewritten) == {"b3x3", "b5x5", "bpool_proj"}
     assert rewritten["b5x5"].detail["macs_after"] > rewritten["b5x5"].detail["macs_before"]
+    for site in rewritten.values():  # measured b3x3 0.03, b5x5 0.04 against 0.75 and 0.45 constant
+        assert_beats_baselines(site)
     # Two 1x1 reduces and the pool are gone: stem + 1x1 + merged 3x3 + merged 5x5 + projection.
     assert count_ops(after, "relax.nn.conv2d") == 5 and count_ops(after, "relax.nn.max_pool2d") == 0
-    x = calibration(1, seed=7)
-    assert run(after, x).shape == onnxruntime_outputs(model, {"x": x})[0].shape
+    # The module's output on photos no site saw: close to onnxruntime's on the original, and much
+    # closer than a constant (each channel's mean output).
+    refs = np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in held])
+    outs = np.concatenate([run(after, x[None]) for x in held])
+    assert outs.shape == refs.shape
+    seen_refs = np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in seen])
+    error, constant = relative_error(outs, refs), channel_mean_error(seen_refs, refs)
+    assert error < 0.25 * constant, (error, constant)
 
 
 def test_full_rebirth_of_an_inception_with_pool_leaves_no_pool():

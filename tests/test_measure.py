@@ -87,6 +87,7 @@ def test_interleaved_latency_reports_every_variant():
         assert calls[name] >= 1 + 1 + 4 * stats["runs_per_sample"]
 
 
+@pytest.mark.slow
 def test_bench_cli_writes_results_report_and_plots(tmp_path):
     from rebirth_tvm.bench import main
 

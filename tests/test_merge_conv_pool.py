@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from photos import photo_batch
 from relax_builders import conv, conv_weights, count_ops, module, rel_err, rng, run
 from tvm import relax
 
@@ -48,9 +49,10 @@ def test_conv_then_avg_pool_is_recovered_exactly():
 
 
 @pytest.mark.parametrize("kernel", ["cover", "keep"])
-def test_relu_max_pool_ceil_mode_keeps_shape_and_relearning_improves(kernel):
+def test_relu_max_pool_ceil_mode_keeps_shape_and_relearning_improves(kernel, tmp_path):
     before = conv_pool("max", relu=True, pool_kw=dict(pool_size=3, strides=2, ceil_mode=True), conv_kw=dict(k=3, pad=1))
-    merge = MergeConvPool(calib(), kernel=kernel)
+    # Photos: on standard-normal noise a max pool is learned barely better than a constant.
+    merge = MergeConvPool(photo_batch(tmp_path / "img", SHAPE, count=30), kernel=kernel)
     after = merge(before)
     assert count_ops(after, "relax.nn.max_pool2d") == 0
     assert count_ops(after, "relax.nn.relu") == 1
@@ -58,8 +60,10 @@ def test_relu_max_pool_ceil_mode_keeps_shape_and_relearning_improves(kernel):
     # 16x16, 3x3/s2 ceil-mode pool → 8x8: the merged conv must reproduce exactly that shape.
     assert run(after, x).shape == run(before, x).shape == (1, 6, 8, 8)
     site = merge.sites[0]
-    assert site.detail["fidelity"]["rel_mse"] < site.detail["fidelity_initial"]["rel_mse"]
-    assert site.detail["fidelity"]["cosine"] > 0.8
+    fidelity, initial, constant = (site.detail[k]["rel_mse"] for k in ("fidelity", "fidelity_initial", "fidelity_channel_mean"))
+    # Strictly better than the subsampling conv it starts from (no fallback) and than a constant:
+    # measured cover 0.04 / keep 0.12 against 0.21 initial (keep) and 0.55 constant.
+    assert not site.detail["kept_initial"] and fidelity < 0.7 * initial and fidelity < 0.5 * constant, (fidelity, initial, constant)
 
 
 def test_custom_hook_weights_end_up_in_the_module():

@@ -2,42 +2,22 @@
 
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
 from onnx_builders import stem
+from photos import channel_mean_error, photos
 from relax_builders import count_ops
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
 from rebirth_tvm.calibration import load_calibration
+from rebirth_tvm.compile import main as compile_main
+from rebirth_tvm.reference import onnxruntime_outputs
 from rebirth_tvm.passes import StreamlineMerge
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEM_SHAPE = (1, 3, 32, 32)
-
-
-def photos(folder, count=24, size=96, seed=0):
-    """Crops of the two photos scikit-learn ships (real images; nothing is downloaded)."""
-    from PIL import Image
-    from sklearn.datasets import load_sample_images
-
-    images = load_sample_images().images
-    rng = np.random.default_rng(seed)
-    os.makedirs(folder, exist_ok=True)
-    for i in range(count):
-        image = images[i % len(images)]
-        top, left = rng.integers(0, image.shape[0] - size), rng.integers(0, image.shape[1] - size)
-        Image.fromarray(image[top:top + size, left:left + size]).save(os.path.join(folder, f"photo_{i:03d}.{'png' if i % 2 else 'jpg'}"))
-    return str(folder)
-
-
-def cli(*args):
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", *args], capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
 
 
 def test_calibration_folder_is_preprocessed_and_split(tmp_path):
@@ -62,24 +42,29 @@ def test_relearning_on_real_photos_improves_every_site(tmp_path):
         assert site.detail["fidelity"]["rel_mse"] < site.detail["fidelity_initial"]["rel_mse"], site.site
 
 
-def test_cli_rebirth_writes_fidelity(tmp_path):
+def test_cli_rebirth_writes_fidelity(tmp_path, capsys):
     model = tmp_path / "stem.onnx"
     onnx.save(stem(), model)
     out = tmp_path / "out"
-    proc = cli("--model", str(model), "--rebirth", "--calib", photos(tmp_path / "img"), "--out", str(out))
-    assert proc.returncode == 0, proc.stderr
+    folder = photos(tmp_path / "img")
+    assert compile_main(["--model", str(model), "--rebirth", "--calib", folder, "--out", str(out)]) == 0, capsys.readouterr().err
     report = json.loads((out / "report.json").read_text())
     assert "relax.nn.max_pool2d" not in report["ops_after"] and "relax.nn.avg_pool3d" not in report["ops_after"]
     fidelity = report["fidelity"]
     assert fidelity["samples"] == 5 and not fidelity["random_inputs"]
-    assert 0 <= fidelity["relative_logit_error"] < 1 and fidelity["cosine"] > 0.5
+    # The end-to-end error on the 5 held-out photos, against a constant that knows the original's
+    # per-channel mean output on the 19 relearning photos (measured 0.28 against 0.46).
+    calib = load_calibration(folder, STEM_SHAPE)
+    outputs = [onnxruntime_outputs(stem(), {"x": x[None]})[0] for x in np.concatenate([calib.train, calib.held_out])]
+    constant = channel_mean_error(np.concatenate(outputs[:len(calib.train)]), np.concatenate(outputs[len(calib.train):]))
+    assert fidelity["relative_logit_error"] < 0.75 * constant, (fidelity["relative_logit_error"], constant)
     relearned = [s for s in report["sites"] if s["status"] == "rewritten" and not s["exact"]]
     # conv2_reduce (1x1, 8 -> 8) → conv2 merges too: it reads as many channels as it makes, so no MACs are added.
     assert {s["site"] for s in relearned} == {"pool1", "norm1", "conv2", "norm2", "pool2"}
     assert "End-to-end fidelity" in (out / "report.md").read_text()
 
 
-def test_cli_custom_hook_and_site_selection(tmp_path, monkeypatch):
+def test_cli_custom_hook_and_site_selection(tmp_path, monkeypatch, cli):
     model = tmp_path / "stem.onnx"
     onnx.save(stem(), model)
     out = tmp_path / "out"
@@ -113,7 +98,7 @@ def write_npy(path, array):
     (lambda p: write_npy(p / "two.npy", np.zeros((2, 3, 32, 32), "float32")), "at least 3"),
     (lambda p: write_npy(p / "three.npy", np.random.default_rng(0).standard_normal((3, 3, 32, 32)).astype("float32")), "more calibration images"),
 ])
-def test_bad_calibration_is_one_line_and_writes_nothing(tmp_path, make_calib, message):
+def test_bad_calibration_is_one_line_and_writes_nothing(tmp_path, make_calib, message, cli):
     model = tmp_path / "stem.onnx"
     onnx.save(stem(), model)
     out = tmp_path / "out"
@@ -124,7 +109,7 @@ def test_bad_calibration_is_one_line_and_writes_nothing(tmp_path, make_calib, me
     assert not out.exists()
 
 
-def test_rebirth_needs_calibration(tmp_path):
+def test_rebirth_needs_calibration(tmp_path, cli):
     proc = cli("--model", "squeezenet1_1", "--rebirth", "--out", str(tmp_path / "out"))
     assert proc.returncode != 0 and "--rebirth needs --calib" in proc.stderr
 

@@ -2,6 +2,7 @@
 limit, and the classifier refit."""
 
 import numpy as np
+import pytest
 import tvm
 from onnx import TensorProto, helper, numpy_helper
 from onnx_builders import stem, tiny_cnn
@@ -35,6 +36,7 @@ def relative_error(model, mod, inputs):
     return float(np.mean(errors))
 
 
+@pytest.mark.slow
 def test_original_targets_stop_errors_compounding():
     # The trained Fashion-MNIST teacher, 14 relearned sites bottom-up. Imitating each block on the
     # reborn network's activations ("block") lets the errors compound until the logits are noise

@@ -24,7 +24,6 @@ from onnx_builders import stem, tiny_cnn
 from rebirth_tvm import cli
 from rebirth_tvm.compile import main as compile_main
 from rebirth_tvm.errors import RebirthError
-from rebirth_tvm.output import OutputPlan
 from rebirth_tvm.report import output_difference
 from rebirth_tvm.tolerance import exact_tolerance, longest_reduction
 

@@ -80,6 +80,7 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
+@pytest.mark.slow
 def test_tune_over_rpc_then_verify_and_time_on_the_device(rpc_device, tmp_path, capsys):
     import onnx
 
@@ -92,12 +93,14 @@ def test_tune_over_rpc_then_verify_and_time_on_the_device(rpc_device, tmp_path, 
     assert "tuning" in captured.err and "trial" in captured.err  # the progress bar
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     tuning, verification = report["tuning"], report["verification"]
-    assert tuning["tasks_tuned"] == tuning["tasks"] > 0 and tuning["measured_on"] == f"RPC device {rpc_device}"
+    assert tuning["measured_on"] == f"RPC device {rpc_device}"
     assert tuning["tuned_matches_untuned"]
     assert verification["passed"] and verification["ran_on"] == f"RPC device {rpc_device}"
     assert 0 < verification["latency_ms"]["min"] <= verification["latency_ms"]["median"]
     records = [json.loads(line) for line in open(tmp_path / "db" / "database_tuning_record.json")]
-    assert records, "tuning over RPC stored no measured record"
+    # A measured record for every task, each with its run times from the device.
+    assert len({r[0] for r in records}) == tuning["tasks"] > 0, "tuning over RPC left tasks without a measured record"
+    assert all(r[1][1] and min(r[1][1]) > 0 for r in records)
 
 
 def test_unknown_device_key_is_one_line(rpc_device):
@@ -122,3 +125,23 @@ def test_bench_times_variants_on_the_rpc_device(rpc_device, tmp_path):
     for entry in result["variants"].values():
         assert entry["latency_ms"]["samples"] == 2 and entry["latency_ms"]["median"] > 0
         assert "breakdown" not in entry
+
+
+def test_select_latency_times_merge_sites_on_the_rpc_device(rpc_device, tmp_path):
+    """--select latency with a device: each merge site's block and rewrite are timed there."""
+    import numpy as np
+    import onnx
+    from onnx_builders import stem
+
+    onnx.save(stem(), str(tmp_path / "stem.onnx"))
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).standard_normal((20, 3, 32, 32)).astype("float32"))
+    tracker = f"{rpc_device.tracker_host}:{rpc_device.tracker_port}"
+    assert compile_main(["--model", str(tmp_path / "stem.onnx"), "--rebirth", "--calib", str(tmp_path / "calib.npy"),
+                         "--select", "latency", "--rpc-tracker", tracker, "--rpc-key", rpc_device.key, "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    measured = [s for s in report["sites"] if "before_ms" in s.get("detail", {}).get("latency", {})]
+    assert measured and all(s["pass_name"] == "Rebirth" for s in measured)
+    for s in measured:
+        latency = s["detail"]["latency"]
+        assert latency["measured_on"] == f"RPC device {rpc_device}" and latency["before_ms"] > 0 and latency["after_ms"] > 0
+        assert (s["status"] == "rewritten") == latency["kept"]

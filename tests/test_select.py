@@ -42,22 +42,18 @@ def test_decision_follows_the_measurement_and_the_margin(monkeypatch, before, af
     assert convs == (6 if kept else 2)  # declined sites are left exactly as they were
 
 
-def test_selection_never_keeps_a_site_that_measured_slower():
-    # Real timings. Full-rank Tucker triples the convs and adds MACs: it should measure slower,
-    # and whatever the machine says, nothing kept may have measured slower than the margin allows.
+def test_selection_declines_full_rank_tucker_with_real_timings():
+    # Real timings, on a case whose answer is known: full-rank Tucker replaces each conv by three
+    # that do ~1.5x its MACs (conv2: 57K against 37K per output pixel), so no measurement on any
+    # machine makes it 5% faster. The decision is asserted, not re-derived from the numbers.
     selector = LatencySelector("x86", margin=0.05, repeats=5, min_sample_seconds=0.01)
     tucker = TuckerDecompose(ranks={"*": (1.0, 1.0)}, allow_more_work=True, selector=selector)
     tucker(rebirth_tvm.load(two_convs(channels=64, size=32)))
     assert len(tucker.sites) == 2
     for site in tucker.sites:
         latency = site.detail["latency"]
-        assert latency["before_ms"] > 0 and latency["after_ms"] > 0
-        # The report rounds to 1e-4 ms; the decision was made on the unrounded medians.
-        if site.status == "rewritten":
-            assert latency["kept"] and latency["after_ms"] <= latency["before_ms"] * 0.95 + 1e-4
-        else:
-            assert latency["after_ms"] >= latency["before_ms"] * 0.95 - 1e-4
-            assert not latency["kept"]
+        assert latency["before_ms"] > 0 and latency["after_ms"] > 0 and latency["measured_on"] == "this machine"
+        assert not latency["kept"] and site.status == "refused" and site.reason.startswith("declined by latency"), latency
 
 
 def test_block_is_everything_between_the_site_input_and_output():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper
 from onnx_builders import stem
+from photos import channel_mean_error, photo_batch, relative_error
 from relax_builders import count_ops, run
 
 import rebirth_tvm
@@ -32,10 +33,24 @@ def test_lrn_numpy_equals_onnxruntime(size, alpha, beta, bias):
     assert np.max(np.abs(out - ref)) <= 1e-5 * np.max(np.abs(ref))
 
 
-def test_streamline_collapses_both_stem_chains():
+#: A relearned site must beat the constant baseline (each channel's mean) by this factor at least.
+BEATS_CONSTANT = 0.6
+
+
+def assert_relearning_helped(site):
+    """Strictly better than its initial weights (the block with the non-tensor layer dropped, or
+    its receptive field subsampled) with no fallback involved, and well below a constant."""
+    fidelity, initial, constant = (site.detail[k]["rel_mse"] for k in ("fidelity", "fidelity_initial", "fidelity_channel_mean"))
+    assert not site.detail["kept_initial"], site.site
+    assert fidelity < initial, (site.site, fidelity, initial)
+    assert fidelity < BEATS_CONSTANT * constant, (site.site, fidelity, constant)
+
+
+def test_streamline_collapses_both_stem_chains(tmp_path):
     model = stem()
     mod = rebirth_tvm.load(model)
-    merge = StreamlineMerge(calibration(), kernel="cover")
+    images = photo_batch(tmp_path / "img", (1, 3, 32, 32), count=48)
+    merge = StreamlineMerge(images[:40], kernel="cover")
     with record_sites() as outer:
         after = merge(mod)
     for op in LRN_OPS + ("relax.nn.max_pool2d",):
@@ -45,35 +60,51 @@ def test_streamline_collapses_both_stem_chains():
     assert [s.site for s in outer] == [s.site for s in merge.sites]
     rewritten = {s.site: s for s in merge.sites if s.status == "rewritten"}
     assert set(rewritten) == {"pool1", "norm1", "norm2", "pool2"}
-    for site in rewritten.values():
-        assert not site.exact
-        assert site.detail["fidelity"]["rel_mse"] <= site.detail["fidelity_initial"]["rel_mse"]
-    # End to end on new inputs: the output shape is unchanged, and the relearned stem is closer
-    # to the original than the same merges with their initial weights (no relearning).
-    untrained = StreamlineMerge(calibration(), kernel="cover", hook=lambda site: (site.init_weight, site.init_bias))(mod)
-    x = calibration(4, seed=9)
-    refs = np.concatenate([onnxruntime_outputs(model, {"x": xi[None]})[0] for xi in x])
-    errors = {}
+    for name in ("pool1", "norm1", "pool2"):  # measured 0.11/0.09/0.19 against 0.28/0.11/0.36 initial, 0.51/0.51/0.35 constant
+        assert_relearning_helped(rewritten[name])
+    # norm2 is an LRN on a ReLU: see test_lrn_relearning_beats_dropping_the_lrn. Only the
+    # constant is beaten for sure; against its initial weights the fallback decides.
+    norm2 = rewritten["norm2"].detail
+    assert norm2["fidelity"]["rel_mse"] < BEATS_CONSTANT * norm2["fidelity_channel_mean"]["rel_mse"]
+    assert all(not site.exact for site in rewritten.values())
+    # End to end on photos no site saw: the relearned stem is closer to the original than the
+    # same merges with their initial weights, and than a constant (each channel's mean output).
+    untrained = StreamlineMerge(images[:40], kernel="cover", hook=lambda site: (site.init_weight, site.init_bias))(mod)
+    held, seen = images[40:], images[:40]
+    refs = np.concatenate([onnxruntime_outputs(model, {"x": xi[None]})[0] for xi in held])
+    seen_refs = np.concatenate([onnxruntime_outputs(model, {"x": xi[None]})[0] for xi in seen])
+    errors = {"constant": channel_mean_error(seen_refs, refs)}
     for label, candidate in (("relearned", after), ("initial", untrained)):
-        outs = np.concatenate([run(candidate, xi[None]) for xi in x])
+        outs = np.concatenate([run(candidate, xi[None]) for xi in held])
         assert outs.shape == refs.shape
-        errors[label] = float(np.sum((outs - refs) ** 2) / np.sum(refs ** 2))
-    assert errors["relearned"] < 0.75 * errors["initial"], errors  # measured 0.445 vs 0.765
+        errors[label] = relative_error(outs, refs)
+    # measured 0.26 against 0.46 (initial) and 0.35 (constant)
+    assert errors["relearned"] < 0.85 * min(errors["initial"], errors["constant"]), errors
 
 
-def test_conv_lrn_relearning_beats_dropping_the_lrn():
-    mod = rebirth_tvm.load(stem(lrn_alpha=1.0))
-    merge = MergeConvLRN(calibration())
-    merge(mod)
+@pytest.mark.xfail(strict=True, reason="a real bug (issue 17, 'right targets'): an LRN site is fitted by least squares "
+                   "before the ReLU against targets that are already rectified, and after the ReLU that fit never beats "
+                   "simply dropping the LRN (measured on photos at alpha 0.03 to 3: equal or worse every time; the "
+                   "'never worse' fallback then keeps the initial weights and hid it)")
+def test_lrn_relearning_beats_dropping_the_lrn(tmp_path):
+    images = photo_batch(tmp_path / "img", (1, 3, 32, 32), count=48)
+    merge = MergeConvLRN(images[:40])
+    merge(rebirth_tvm.load(stem(lrn_alpha=1.0)))
     site = next(s for s in merge.sites if s.site == "norm2")
     assert site.status == "rewritten"
-    # Initial weights = the old conv, i.e. "just drop the LRN". Measured after the ReLU, least
-    # squares (fitted before it, on rectified LRN outputs) can lose to that here (alpha 1.0:
-    # 0.024 against 0.0059); the site then keeps the initial weights and says so.
-    assert site.detail["fidelity"]["rel_mse"] <= site.detail["fidelity_initial"]["rel_mse"]
-    assert site.detail["kept_initial"] == (site.detail["fidelity"] == site.detail["fidelity_initial"])
-    if site.detail["kept_initial"]:
-        assert "initial weights kept" in site.reason
+    # Initial weights = the old conv, i.e. "just drop the LRN": relearning must beat it outright.
+    assert_relearning_helped(site)
+
+
+def test_a_fit_worse_than_dropping_the_lrn_keeps_the_initial_weights_and_says_so():
+    # Least squares fits before the ReLU; with alpha 1.0 the LRN's outputs are rectified and
+    # small, and after the ReLU its fit loses to "drop the LRN" (measured 0.024 against 0.0059).
+    # This is the built-in fallback at work, asserted as such.
+    merge = MergeConvLRN(calibration())
+    merge(rebirth_tvm.load(stem(lrn_alpha=1.0)))
+    site = next(s for s in merge.sites if s.site == "norm2")
+    assert site.status == "rewritten" and site.detail["kept_initial"]
+    assert site.detail["fidelity"] == site.detail["fidelity_initial"] and "initial weights kept" in site.reason
 
 
 def test_lrn_reading_a_pool_is_refused_until_the_pool_is_merged():

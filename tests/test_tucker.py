@@ -80,7 +80,10 @@ def test_low_rank_is_relearned_and_reported():
     site = by_site["conv2"]
     assert site.status == "rewritten" and not site.exact
     assert site.detail["ranks"] == [8, 8] and site.detail["macs_after"] < site.detail["macs_before"]
-    assert site.detail["fidelity"]["rel_mse"] <= site.detail["fidelity_initial"]["rel_mse"]
+    # The relearned last 1x1 halves HOSVD's error (measured 0.0029 against 0.0061), far below a
+    # constant (0.87).
+    assert site.detail["fidelity"]["rel_mse"] < 0.7 * site.detail["fidelity_initial"]["rel_mse"]
+    assert site.detail["fidelity"]["rel_mse"] < 0.1 * site.detail["fidelity_channel_mean"]["rel_mse"]
     assert site.detail["weight_error"] == pytest.approx(kernel_error(numpy_helper.to_array(model.graph.initializer[2]).astype(np.float64), 8, 8))
     # conv1 at full energy (ranks 16, 32) would add MACs: refused, with the numbers.
     assert by_site["conv1"].status == "refused" and "would not save MACs" in by_site["conv1"].reason

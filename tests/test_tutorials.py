@@ -14,7 +14,11 @@ def test_there_are_tutorials():
     assert "01_quickstart.py" in TUTORIALS
 
 
-@pytest.mark.parametrize("name", TUTORIALS)
+# The tutorials that compile whole networks or tune are slow; CI runs them all the same.
+SLOW = {"02_rebirth.py", "03_targets.py", "05_accuracy.py"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in TUTORIALS])
 def test_tutorial_runs(name):
     env = dict(os.environ, CI="true")
     proc = subprocess.run([sys.executable, os.path.join("tutorials", name)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

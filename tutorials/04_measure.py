@@ -83,6 +83,9 @@ for name, stats in latency.items():
 breakdown = measure.time_breakdown(builds["exact"].executable, [x], runs=2)
 print("exact, time per category:", {k: f"{v:.1%}" for k, v in breakdown["share"].items() if v > 0})
 print("exact, planned memory:", measure.planned_memory(exact, target))
+# Both variants were timed, the shares of time add up, and memory was planned.
+assert set(latency) == {"original", "exact"} and all(stats["median"] > 0 for stats in latency.values())
+assert abs(sum(breakdown["share"].values()) - 1) < 1e-6
 
 ######################################################################
 # Untuned TVM kernels are many times slower than tuned ones, so compare variants only at the
