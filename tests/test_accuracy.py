@@ -9,26 +9,22 @@ margin, not the issue's 1-point goal: accuracy.json has the full-size numbers.
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
 from rebirth_tvm.accuracy import Variant, default_grid, markdown, parse_variant, plot
 from rebirth_tvm.errors import RebirthError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEST_IMAGES, CALIB_IMAGES, BOUND_POINTS, MIN_AGREEMENT = 500, 300, 6.0, 0.90
 
 
 @pytest.mark.slow
-def test_reborn_teacher_stays_within_bound_of_the_teacher(tmp_path):
+def test_reborn_teacher_stays_within_bound_of_the_teacher(tmp_path, cli):
     out = tmp_path / "fashion"
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "fashion_googlenet", "--rebirth",
-                           "--calib", "fashion-mnist", "--calib-count", str(CALIB_IMAGES), "--max-site-error", "0.2", "--refit-classifier",
-                           "--evaluate", f"fashion-mnist:{TEST_IMAGES}",
-                           "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    proc = cli("--model", "fashion_googlenet", "--rebirth",
+               "--calib", "fashion-mnist", "--calib-count", str(CALIB_IMAGES), "--max-site-error", "0.2", "--refit-classifier",
+               "--evaluate", f"fashion-mnist:{TEST_IMAGES}",
+               "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     evaluation = report["evaluation"]
@@ -45,15 +41,14 @@ def test_reborn_teacher_stays_within_bound_of_the_teacher(tmp_path):
     assert "accuracy on 500 fashion-mnist test split images: top-1" in proc.stdout and "speed:" in proc.stdout
 
 
-def test_evaluate_refuses_what_it_cannot_run(tmp_path):
+def test_evaluate_refuses_what_it_cannot_run(tmp_path, cli):
     for args, message in [(["--evaluate", "imagenet"], "known labelled datasets: fashion-mnist"),
                           (["--evaluate", "fashion-mnist:0"], "N must be a positive number"),
                           (["--model", "squeezenet1_1", "--evaluate", "fashion-mnist"], "gives 1x28x28 images; the model takes 3x224x224"),
                           (["--target", "arm", "--evaluate", "fashion-mnist"], "aarch64 builds cannot run here"),
                           (["--tucker", "0.9", "--refit-classifier"], "--tucker, --refit-classifier only apply with --rebirth")]:
         model = [] if "--model" in args else ["--model", "fashion_googlenet"]
-        proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", *model, *args, "--out", str(tmp_path / "o")],
-                              capture_output=True, text=True, cwd=ROOT, timeout=600)
+        proc = cli(*model, *args, "--out", str(tmp_path / "o"))
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode != 0 and len(lines) == 1 and message in lines[0], proc.stderr
         assert not (tmp_path / "o").exists()

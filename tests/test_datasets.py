@@ -2,8 +2,6 @@
 
 import gzip
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,6 @@ from rebirth_tvm.calibration import load_calibration
 from rebirth_tvm.datasets import FASHION_MNIST_DIR, VALIDATION_SIZE, as_inputs, fashion_mnist, fashion_mnist_inputs, read_idx
 from rebirth_tvm.errors import RebirthError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INSTALL = "apt-get install dataset-fashion-mnist"
 
 
@@ -76,11 +73,10 @@ def test_not_gzip_is_one_clear_error(tmp_path, monkeypatch):
         fashion_mnist("test")
 
 
-def test_cli_without_the_data_is_one_line_and_writes_nothing(tmp_path):
-    env = dict(os.environ, REBIRTH_FASHION_MNIST=str(tmp_path / "nowhere"))
+def test_cli_without_the_data_is_one_line_and_writes_nothing(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("REBIRTH_FASHION_MNIST", str(tmp_path / "nowhere"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "fashion_googlenet", "--rebirth",
-                           "--calib", "fashion-mnist", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    proc = cli("--model", "fashion_googlenet", "--rebirth", "--calib", "fashion-mnist", "--out", str(out))
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and INSTALL in lines[0], proc.stderr

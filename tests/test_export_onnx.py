@@ -1,9 +1,6 @@
 """Relax → ONNX: the exported model runs in onnxruntime and equals the module it came from."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -17,7 +14,6 @@ from rebirth_tvm.models import MODELS, build_model
 from rebirth_tvm.passes import exact_pipeline
 from rebirth_tvm.reference import onnxruntime_outputs
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if n != "mobilenet_v2"])
@@ -36,14 +32,14 @@ def test_unexportable_op_is_named():
         to_onnx(rebirth_tvm.load("mobilenet_v2"))
 
 
-def test_cli_save_onnx_writes_the_reborn_model(tmp_path):
+def test_cli_save_onnx_writes_the_reborn_model(tmp_path, cli):
     model = tmp_path / "stem.onnx"
     onnx.save(stem(), model)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype("float32"))
     saved = tmp_path / "reborn.onnx"
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", str(model), "--rebirth", "--calib", str(calib),
-                           "--save-onnx", str(saved), "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = cli("--model", str(model), "--rebirth", "--calib", str(calib),
+               "--save-onnx", str(saved), "--out", str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     reborn = onnx.load(saved)
     ops = {n.op_type for n in reborn.graph.node}

@@ -141,10 +141,9 @@ def test_verify_methods_are_checked_before_any_work(tmp_path, monkeypatch):
         rebirth_tvm.compile_model(tiny_cnn(), target="arm", verify="qemu")
 
 
-def test_cli_rejects_a_bad_rpc_tracker_in_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "squeezenet1_1", "--tune-trials", "4",
-                           "--rpc-tracker", "nohost", "--rpc-key", "k", "--out", str(tmp_path / "out")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+def test_cli_rejects_a_bad_rpc_tracker_in_one_line(tmp_path, cli):
+    proc = cli("--model", "squeezenet1_1", "--tune-trials", "4",
+               "--rpc-tracker", "nohost", "--rpc-key", "k", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: --rpc-tracker 'nohost': use HOST:PORT, e.g. 192.168.1.20:9190"
     assert not (tmp_path / "out").exists()

@@ -1,9 +1,6 @@
 """Latency-aware selection: a rewrite is kept only where it measured faster, and the report says so."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -15,7 +12,6 @@ from rebirth_tvm import RebirthError, measure
 from rebirth_tvm.passes import LatencySelector, TuckerDecompose
 from rebirth_tvm.passes._select import block_bindings
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def fake_latency(before_ms, after_ms):
@@ -72,14 +68,14 @@ def test_arm_without_a_device_is_refused_before_any_work():
         LatencySelector("arm")
 
 
-def test_cli_select_latency_reports_the_measurements(tmp_path):
+def test_cli_select_latency_reports_the_measurements(tmp_path, cli):
     model = tmp_path / "m.onnx"
     onnx.save(two_convs(channels=32, size=16), model)
     calib = tmp_path / "calib.npy"
     np.save(calib, np.random.default_rng(0).standard_normal((20, 16, 16, 16)).astype("float32"))
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", str(model), "--rebirth", "--calib", str(calib),
-                           "--tucker", "0.6", "--select", "latency", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = cli("--model", str(model), "--rebirth", "--calib", str(calib),
+               "--tucker", "0.6", "--select", "latency", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     report = json.loads((out / "report.json").read_text())
     measured = [s for s in report["sites"] if "latency" in s.get("detail", {})]

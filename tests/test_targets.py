@@ -3,8 +3,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -15,7 +13,6 @@ import rebirth_tvm
 from rebirth_tvm import RebirthError
 from rebirth_tvm.targets import cuda_available, describe, resolve_target
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_CROSS = shutil.which("aarch64-linux-gnu-g++") is not None
 # CI installs the cross compiler (.ci/run); only a developer machine without it may skip.
 needs_cross = pytest.mark.skipif(not HAS_CROSS and os.environ.get("CI") != "true",
@@ -87,12 +84,12 @@ def test_cuda_build_runs_on_the_gpu_and_matches_x86():
 
 
 @needs_cross
-def test_cli_arm_target_reports_how_it_was_checked(tmp_path):
+def test_cli_arm_target_reports_how_it_was_checked(tmp_path, cli):
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_cnn(), model)
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", str(model), "--target", "arm",
-                           "--cpu", "neoverse-n1", "--out", str(out)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = cli("--model", str(model), "--target", "arm",
+               "--cpu", "neoverse-n1", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     assert elf_machine(out / "model.so") == 183
     report = json.loads((out / "report.json").read_text())
@@ -102,24 +99,23 @@ def test_cli_arm_target_reports_how_it_was_checked(tmp_path):
     assert "aarch64 library itself was not run here" in proc.stdout
 
 
-def test_cli_unknown_arm_cpu_is_one_line(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "squeezenet1_1", "--target", "arm",
-                           "--cpu", "m1", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+def test_cli_unknown_arm_cpu_is_one_line(tmp_path, cli):
+    proc = cli("--model", "squeezenet1_1", "--target", "arm",
+               "--cpu", "m1", "--out", str(tmp_path / "out"))
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == ["error: unknown ARM CPU 'm1'; known: cortex-a53, cortex-a72, cortex-a76, neoverse-n1"]
 
 
 @pytest.mark.slow
-def test_tuned_build_equals_untuned_and_a_warm_database_is_not_tuned_again(tmp_path):
+def test_tuned_build_equals_untuned_and_a_warm_database_is_not_tuned_again(tmp_path, cli):
     """x86 MetaSchedule tuning (a few trials: this is about correctness and reuse, not speed)."""
     model = tmp_path / "tiny.onnx"
     onnx.save(tiny_cnn(), model)
     database = tmp_path / "db"
 
     def compile_tuned(out):
-        proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", str(model), "--tune-trials", "6",
-                               "--max-trials-per-task", "1", "--tuning-db", str(database), "--out", str(tmp_path / out)],
-                              capture_output=True, text=True, cwd=ROOT, timeout=900)
+        proc = cli("--model", str(model), "--tune-trials", "6",
+                   "--max-trials-per-task", "1", "--tuning-db", str(database), "--out", str(tmp_path / out))
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads((tmp_path / out / "report.json").read_text())
 
@@ -146,9 +142,9 @@ def tuned_workloads(database) -> int:
     return len({json.loads(line)[0] for line in lines if line.strip()})
 
 
-def test_tuning_a_build_that_cannot_run_here_is_refused(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "rebirth_tvm.compile", "--model", "squeezenet1_1", "--target", "cuda",
-                           "--tune-trials", "4", "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+def test_tuning_a_build_that_cannot_run_here_is_refused(tmp_path, cli):
+    proc = cli("--model", "squeezenet1_1", "--target", "cuda",
+               "--tune-trials", "4", "--out", str(tmp_path / "out"))
     if cuda_available():
         pytest.skip("a GPU is present: tuning for it would run")
     assert proc.returncode != 0
