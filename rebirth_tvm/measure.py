@@ -133,7 +133,8 @@ def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: 
             path = os.path.join(work, f"{name}.so")
             built.export(path)
             vm, dev, _ = load_on_device(session, path, f"rebirth_bench_{name}.so", built.target, inputs)
-        timers[name] = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1, min_repeat_ms=min_sample_ms)
+        # TVM's time evaluator takes whole milliseconds (a float is a type error over RPC).
+        timers[name] = vm.time_evaluator("invoke_stateful", dev, number=1, repeat=1, min_repeat_ms=max(1, int(round(min_sample_ms))))
     names = list(timers)
     samples = collections.defaultdict(list)
     for r in range(repeats):
