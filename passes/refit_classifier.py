@@ -20,7 +20,7 @@ import tvm
 from tvm import relax
 
 from ._graph import FunctionGraph, op_name
-from ._relearn import activations, fidelity
+from ._relearn import activations, channel_mean_fidelity, fidelity
 from ._rewrite import apply_plan
 from ._sites import REFUSED, REWRITTEN, SiteRecord, publish
 
@@ -113,7 +113,9 @@ class RefitClassifier:
                                  f"final FC refitted to the original logits: held-out relative MSE {before['rel_mse']:.3g} → {after['rel_mse']:.3g}",
                                  exact=False, detail={"pattern": "fc (refit)", "kernel": [1, 1], "stride": [1, 1],
                                                       "macs_before": d * classes, "macs_after": d * classes,
-                                                      "fidelity_initial": before, "fidelity": after, "held_out": held,
+                                                      "fidelity_initial": before, "fidelity": after,
+                                                      "fidelity_channel_mean": channel_mean_fidelity(t[:-held], t[-held:], relu=False),
+                                                      "held_out": held,
                                                       "calibration": n, "seconds": round(time.perf_counter() - start, 3),
                                                       **({"fit": fit} if fit else {})})]
         publish(self.sites)

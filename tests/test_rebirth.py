@@ -38,9 +38,12 @@ def test_relearning_on_real_photos_improves_every_site(tmp_path):
     merge(rebirth_tvm.load(stem()))
     relearned = [s for s in merge.sites if s.status == "rewritten"]
     assert len(relearned) == 4
+    # norm2 is an LRN site too, but in a chain: its initial weights see the drift of the merges
+    # below it, which relearning corrects (unlike a lone conv+LRN, see test_streamline's xfail).
     for site in relearned:  # strictly better than the initial weights (no fallback) and than a constant
         fidelity, initial, constant = (site.detail[k]["rel_mse"] for k in ("fidelity", "fidelity_initial", "fidelity_channel_mean"))
-        assert not site.detail["kept_initial"] and fidelity < initial and fidelity < 0.75 * constant, (site.site, fidelity, initial, constant)
+        # measured 0.25/0.20/0.40/0.38 against 0.29/0.25/0.59/0.54 initial and 0.58/0.58/0.63/0.54 constant
+        assert not site.detail["kept_initial"] and fidelity < 0.9 * initial and fidelity < 0.75 * constant, (site.site, fidelity, initial, constant)
 
 
 def test_cli_rebirth_writes_fidelity(tmp_path, capsys):

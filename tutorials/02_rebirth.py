@@ -68,12 +68,11 @@ fidelity = report["fidelity"]
 print(f"end to end on {fidelity['samples']} held-out images: top-1 agreement {fidelity['top1_agreement']:.0%}, "
       f"relative logit error {fidelity['relative_logit_error']:.3g}")
 print(op_table(report["ops_before"], report["ops_after"]))
-# What must hold, whatever the images: the stem's LRNs are merged away, every relearned site
-# reports its fidelity, and the end-to-end error is a finite number measured on held-out images.
+# What must hold: the stem's LRNs are merged away, and every relearned site does better than a
+# constant (each channel's mean output), which the report gives as its trivial baseline.
 relearned = [s for s in report["sites"] if not s["exact"] and s["status"] == "rewritten"]
-assert relearned and all(s["detail"]["fidelity"]["rel_mse"] <= s["detail"]["fidelity_initial"]["rel_mse"] for s in relearned)
-assert report["ops_after"].get("relax.nn.avg_pool3d", 0) < report["ops_before"]["relax.nn.avg_pool3d"]
-assert fidelity["samples"] >= 1 and 0 <= fidelity["relative_logit_error"] < float("inf")
+assert relearned and report["ops_after"].get("relax.nn.avg_pool3d", 0) < report["ops_before"]["relax.nn.avg_pool3d"]
+assert all(s["detail"]["fidelity"]["rel_mse"] < s["detail"]["fidelity_channel_mean"]["rel_mse"] for s in relearned)
 
 ######################################################################
 # 3. Your own hook
@@ -85,7 +84,10 @@ assert fidelity["samples"] >= 1 and 0 <= fidelity["relative_logit_error"] < floa
 
 from rebirth_tvm.hooks import LeastSquaresHook  # noqa: E402
 
+called = []
+
 def damped_least_squares(site):
+    called.append(site.name)
     weight, bias = LeastSquaresHook()(site)
     return 0.9 * weight, bias
 
@@ -96,10 +98,10 @@ for site in sites:
     if site.status == "rewritten":
         print(f"  custom hook  {site.site:16} rel. MSE {site.detail['fidelity']['rel_mse']:.3f}")
 print("LRN left:", op_counts(reborn).get("relax.nn.avg_pool3d", 0), "| max pools left:", op_counts(reborn).get("relax.nn.max_pool2d", 0))
-# The hook was used: its damped weights measure differently from plain least squares' above.
-plain = {s["site"]: s["detail"]["fidelity"]["rel_mse"] for s in relearned}
-damped = {s.site: s.detail["fidelity"]["rel_mse"] for s in sites if s.status == "rewritten"}
-assert damped and any(abs(damped[n] - plain[n]) > 1e-6 for n in damped if n in plain)
+# The hook was called for every site it relearned, and a user's hook is used as given (no
+# fallback to the initial weights): the report's fidelity is that of its damped weights.
+rewritten = [s for s in sites if s.status == "rewritten"]
+assert rewritten and sorted(called) == sorted(s.site for s in rewritten) and not any(s.detail["kept_initial"] for s in rewritten)
 
 ######################################################################
 # The same from the command line, with the library and a report written to a directory::

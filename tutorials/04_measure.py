@@ -83,9 +83,9 @@ for name, stats in latency.items():
 breakdown = measure.time_breakdown(builds["exact"].executable, [x], runs=2)
 print("exact, time per category:", {k: f"{v:.1%}" for k, v in breakdown["share"].items() if v > 0})
 print("exact, planned memory:", measure.planned_memory(exact, target))
-# Both variants were timed, the shares of time add up, and memory was planned.
+# Both variants were timed, and the profile found the convs (the bulk of a CNN's kernel time).
 assert set(latency) == {"original", "exact"} and all(stats["median"] > 0 for stats in latency.values())
-assert abs(sum(breakdown["share"].values()) - 1) < 1e-6
+assert breakdown["kernel_ms"] > 0 and max(breakdown["share"], key=breakdown["share"].get) == "conv"
 
 ######################################################################
 # Untuned TVM kernels are many times slower than tuned ones, so compare variants only at the
