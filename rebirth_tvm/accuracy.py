@@ -240,7 +240,7 @@ def write(result: dict, out_dir: str) -> None:
 
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m rebirth_tvm.accuracy", description=__doc__.split("\n\n")[0],
-                                epilog="Exit codes as python -m rebirth_tvm.compile: 0 done, 1 unexpected, 2 bad input, 130/143 interrupted.")
+                                epilog=cli.EXIT_CODES_HELP)
     parser.add_argument("--hooks", default="lstsq,sgd", help="built-in hooks to compare (default lstsq,sgd)")
     parser.add_argument("--calib-counts", default="100,1000,10000", help="unlabelled calibration images for the sweep (default 100,1000,10000)")
     parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit],... "

@@ -38,6 +38,11 @@ EXIT_CHECK_FAILED = 3
 EXIT_SIGINT = 128 + signal.SIGINT
 EXIT_SIGTERM = 128 + signal.SIGTERM
 
+#: The convention above, for ``--help`` (every command's parser ends with it).
+EXIT_CODES_HELP = ("Exit codes: 0 done, 1 unexpected failure (a bug; --debug shows the traceback), 2 bad input, "
+                   "3 a check failed (nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). "
+                   "Every failure is one 'error:' line on stderr.")
+
 
 @tvm_ffi.register_error
 class Terminated(KeyboardInterrupt):
@@ -70,18 +75,26 @@ def _raise_interrupt(signum, frame):
 
 
 @contextlib.contextmanager
-def interrupts_as_exceptions():
-    """SIGINT and SIGTERM raise (KeyboardInterrupt, :class:`Terminated`), so every cleanup runs."""
+def _interrupt_handler(handler):
+    """SIGINT and SIGTERM go to ``handler`` inside the block, and back to what they were after.
+    Signal handlers can only be set from the main thread: elsewhere this changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    _received.clear()
-    previous = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+@contextlib.contextmanager
+def interrupts_as_exceptions():
+    """SIGINT and SIGTERM raise (KeyboardInterrupt, :class:`Terminated`), so every cleanup runs."""
+    _received.clear()
+    with _interrupt_handler(_raise_interrupt):
+        yield
 
 
 _deferring = False
@@ -98,14 +111,12 @@ def deferred_interrupts(raise_pending: bool = True):
         yield
         return
     pending = []
-    handlers = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum)) for sig in (signal.SIGINT, signal.SIGTERM)}
     _deferring = True
     try:
-        yield
+        with _interrupt_handler(lambda signum, frame: pending.append(signum)):
+            yield
     finally:
         _deferring = False
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
     if pending and raise_pending:
         raise Terminated() if pending[0] == signal.SIGTERM else KeyboardInterrupt()
 

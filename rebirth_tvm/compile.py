@@ -82,9 +82,7 @@ def make_parser() -> cli.ArgumentParser:
         prog="python -m rebirth_tvm.compile",
         description="Import an ONNX model (or a built-in one), apply rebirth passes, compile it with TVM, "
         "check it against onnxruntime on the original model, and write the library and a report.",
-        epilog="Exit codes: 0 done, 1 unexpected failure (a bug; --debug shows the traceback), 2 bad input, "
-        "3 a check failed (nothing written), 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). "
-        "Every failure is one 'error:' line on stderr.",
+        epilog=cli.EXIT_CODES_HELP,
     )
     parser.add_argument("--model", required=True, help=f"an .onnx file or a built-in model: {', '.join(MODELS)}")
     parser.add_argument("--target", default="x86", help=f"where it will run: {', '.join(TARGETS)} (aarch64 Linux; needs the Debian package g++-aarch64-linux-gnu), or a JSON target dict (default: x86)")

@@ -204,17 +204,14 @@ class Staging:
             self._onnx_staged = os.path.join(staged, os.path.basename(self.plan.onnx_path))
         return self._onnx_staged
 
-    def _staged_names(self) -> list[str]:
-        return sorted(os.listdir(self.directory))
-
     def commit(self) -> list[str]:
         """Put every staged file in place, all or nothing; returns the names written into ``--out``."""
         mask = _umask()
-        for name in self._staged_names():
+        names = sorted(os.listdir(self.directory))
+        for name in names:
             os.chmod(os.path.join(self.directory, name), (0o777 if name in _EXECUTABLES else 0o666) & ~mask)
         if self._onnx_staged and os.path.exists(self._onnx_staged):
             os.chmod(self._onnx_staged, 0o666 & ~mask)
-        names = self._staged_names()
         moves = [(os.path.join(self.directory, n), os.path.join(self.plan.out_dir, n)) for n in names]
         if self._onnx_staged:
             moves.append((self._onnx_staged, self.plan.onnx_path))

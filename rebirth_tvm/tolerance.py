@@ -25,6 +25,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .passes._graph import shape_of
+
 #: The floor: far above float32 rounding in any normal CNN (measured ≤ 2e-6 on the zoo).
 BASE_TOLERANCE = 1e-4
 #: The ceiling, whatever the dtype and the sums: above it a check would no longer catch real changes.
@@ -35,23 +37,17 @@ _EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np
         "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0 ** -7}
 
 
-def _shape(expr) -> tuple[int, ...] | None:
-    from .passes._graph import shape_of
-
-    return shape_of(expr)
-
-
 def _reduction_length(call: relax.Call) -> int:
     """How many terms one output element of ``call`` sums (1 for element-wise ops)."""
     name = call.op.name
     if name in ("relax.nn.conv1d", "relax.nn.conv2d", "relax.nn.conv3d", "relax.nn.conv2d_transpose"):
-        weight = _shape(call.args[1])
+        weight = shape_of(call.args[1])
         return int(np.prod(weight[1:])) if weight else 1
     if name in ("relax.matmul", "relax.linear"):
-        data = _shape(call.args[0])
+        data = shape_of(call.args[0])
         return data[-1] if data else 1
     if any(key in name for key in ("pool", "sum", "mean", "variance", "norm", "softmax", "prod")):
-        data, out = _shape(call.args[0]), _shape(call)
+        data, out = shape_of(call.args[0]), shape_of(call)
         if not data or out is None:
             return 1
         if "softmax" in name or "norm" in name:  # as many outputs as inputs: the axis is summed

@@ -31,6 +31,20 @@ def photo_batch(folder, shape, count=24, seed=0):
     return np.concatenate([calib.train, calib.held_out])
 
 
+def original_outputs(model, images) -> np.ndarray:
+    """onnxruntime's outputs of the original ONNX ``model`` (input ``x``), one image at a time."""
+    from rebirth_tvm.reference import onnxruntime_outputs
+
+    return np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in images])
+
+
+def module_outputs(mod, images) -> np.ndarray:
+    """A Relax module's outputs, one image at a time."""
+    from relax_builders import run
+
+    return np.concatenate([run(mod, x[None]) for x in images])
+
+
 def channel_mean_error(train_outputs, test_outputs) -> float:
     """Relative MSE of the trivial baseline: each output channel's training mean, whatever the input."""
     axes = (0, 2, 3) if train_outputs.ndim == 4 else (0,)

@@ -3,7 +3,7 @@
 import numpy as np
 import tvm
 from onnx_builders import inception
-from photos import channel_mean_error, photo_batch, relative_error
+from photos import channel_mean_error, module_outputs, original_outputs, photo_batch, relative_error
 from relax_builders import count_ops, rel_err, run
 
 import rebirth_tvm
@@ -38,6 +38,15 @@ def photo_calibration(tmp_path, count=30):
     """Photos (the sites learn little from noise that a constant does not give: bpool_proj on
     standard-normal inputs 0.11 against the per-channel mean's 0.12)."""
     return photo_batch(tmp_path / "img", (1, 3, 16, 16), count=count)
+
+
+def held_out_errors(model, mod, seen, held):
+    """(relative error of ``mod`` against the original on ``held``, the same for a constant that
+    knows the original's per-channel mean output on ``seen``)."""
+    refs = original_outputs(model, held)
+    outs = module_outputs(mod, held)
+    assert outs.shape == refs.shape
+    return relative_error(outs, refs), channel_mean_error(original_outputs(model, seen), refs)
 
 
 def assert_beats_baselines(site, margin=0.6):
@@ -78,11 +87,7 @@ def test_allow_more_work_merges_reduce_branches_and_stays_close_to_the_original(
     assert count_ops(after, "relax.nn.conv2d") == 5 and count_ops(after, "relax.nn.max_pool2d") == 0
     # The module's output on photos no site saw: close to onnxruntime's on the original, and much
     # closer than a constant (each channel's mean output).
-    refs = np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in held])
-    outs = np.concatenate([run(after, x[None]) for x in held])
-    assert outs.shape == refs.shape
-    seen_refs = np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in seen])
-    error, constant = relative_error(outs, refs), channel_mean_error(seen_refs, refs)
+    error, constant = held_out_errors(model, after, seen, held)
     assert error < 0.25 * constant, (error, constant)
 
 
@@ -96,9 +101,5 @@ def test_full_rebirth_of_an_inception_with_pool_leaves_no_pool(tmp_path):
     mod = StreamlineMerge(seen)(mod)
     mod = MergeInceptionBranches(seen, allow_more_work=True)(mod)
     assert count_ops(mod, "relax.nn.max_pool2d") == 0
-    refs = np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in held])
-    outs = np.concatenate([run(mod, x[None]) for x in held])
-    assert outs.shape == refs.shape
-    seen_refs = np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in seen])
-    error, constant = relative_error(outs, refs), channel_mean_error(seen_refs, refs)
+    error, constant = held_out_errors(model, mod, seen, held)
     assert error < 0.5 * constant, (error, constant)

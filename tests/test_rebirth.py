@@ -7,14 +7,13 @@ import numpy as np
 import onnx
 import pytest
 from onnx_builders import stem
-from photos import channel_mean_error, photos
+from photos import channel_mean_error, original_outputs, photos
 from relax_builders import count_ops
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
 from rebirth_tvm.calibration import load_calibration
 from rebirth_tvm.compile import main as compile_main
-from rebirth_tvm.reference import onnxruntime_outputs
 from rebirth_tvm.passes import StreamlineMerge
 
 STEM_SHAPE = (1, 3, 32, 32)
@@ -59,8 +58,7 @@ def test_cli_rebirth_writes_fidelity(tmp_path, capsys):
     # The end-to-end error on the 5 held-out photos, against a constant that knows the original's
     # per-channel mean output on the 19 relearning photos (measured 0.28 against 0.46).
     calib = load_calibration(folder, STEM_SHAPE)
-    outputs = [onnxruntime_outputs(stem(), {"x": x[None]})[0] for x in np.concatenate([calib.train, calib.held_out])]
-    constant = channel_mean_error(np.concatenate(outputs[:len(calib.train)]), np.concatenate(outputs[len(calib.train):]))
+    constant = channel_mean_error(original_outputs(stem(), calib.train), original_outputs(stem(), calib.held_out))
     assert fidelity["relative_logit_error"] < 0.75 * constant, (fidelity["relative_logit_error"], constant)
     relearned = [s for s in report["sites"] if s["status"] == "rewritten" and not s["exact"]]
     # conv2_reduce (1x1, 8 -> 8) → conv2 merges too: it reads as many channels as it makes, so no MACs are added.
