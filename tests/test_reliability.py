@@ -22,6 +22,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnx_builders import stem, tiny_cnn
 
 from rebirth_tvm import cli
+from rebirth_tvm.cli import EXIT_BAD_INPUT
 from rebirth_tvm.compile import main as compile_main
 from rebirth_tvm.errors import RebirthError
 from rebirth_tvm.report import output_difference
@@ -372,6 +373,28 @@ def test_unexpected_failures_are_one_line_too(monkeypatch, capfd):
     assert cli.run(broken) == cli.EXIT_UNEXPECTED
     _, err = capfd.readouterr()
     assert err.strip().splitlines() == ["error: unexpected ZeroDivisionError: boom (a bug: rerun with --debug for the traceback and report it)"]
+
+
+@pytest.mark.parametrize("module, argv, fragment", [
+    ("accuracy", ["--calib-counts", "100,x"], "--calib-counts '100,x': use whole numbers"),
+    ("accuracy", ["--calib-counts", "0"], "each count must be 1 or more"),
+    ("accuracy", ["--test-count", "0"], "--test-count must be 1 or more, got 0"),
+    ("accuracy", ["--finetune-epochs", "0"], "--finetune-epochs must be 1 or more, got 0"),
+    ("models.__main__", ["--export", "squeezenet1_1", "{out}/m.onnx", "--seed", "-1"], "--seed must be 0 or more, got -1"),
+    ("train_teacher", ["--epochs", "0", "--out", "{out}/t.onnx"], "--epochs and --batch must be 1 or more"),
+    ("compile", ["--model", "squeezenet1_1", "--force", "--out", "{file}"], "is an existing file, not a directory"),
+])
+def test_every_command_refuses_bad_values_in_one_line(tmp_path, cli, module, argv, fragment):
+    """The flags this change validates, on every command: exit 2, one line, nothing written, and
+    a file of the user's where --out points stays as it was (even with --force)."""
+    out, user_file = tmp_path / "out", tmp_path / "notes.txt"
+    user_file.write_text("the user's")
+    if module == "accuracy":
+        argv = argv + ["--out", "{out}"]
+    proc = cli(*[a.format(out=out, file=user_file) for a in argv], module=module)
+    assert proc.returncode == EXIT_BAD_INPUT  # (the fixture named cli shadows the module here)
+    assert_one_error_line([line for line in proc.stderr.splitlines() if line.strip()], fragment)
+    assert not out.exists() and user_file.read_text() == "the user's" and no_staging_left(tmp_path)
 
 
 def test_bench_and_models_share_the_convention(tmp_path, capfd, monkeypatch):
