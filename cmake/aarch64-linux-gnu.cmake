@@ -5,8 +5,16 @@
 # rebirth_tvm/runtime_libs.py); ctest runs the tests under qemu-aarch64.
 set(CMAKE_SYSTEM_NAME Linux)
 set(CMAKE_SYSTEM_PROCESSOR aarch64)
-set(CMAKE_C_COMPILER aarch64-linux-gnu-gcc)
-set(CMAKE_CXX_COMPILER aarch64-linux-gnu-g++)
+# The C++ compiler model.so is linked with: -DREBIRTH_AARCH64_CXX=..., else the environment's
+# REBIRTH_AARCH64_CXX (as rebirth_tvm.backend.targets reads it), else Debian's.
+if(NOT REBIRTH_AARCH64_CXX)
+  if(DEFINED ENV{REBIRTH_AARCH64_CXX})
+    set(REBIRTH_AARCH64_CXX "$ENV{REBIRTH_AARCH64_CXX}")
+  else()
+    set(REBIRTH_AARCH64_CXX aarch64-linux-gnu-g++)
+  endif()
+endif()
+set(CMAKE_CXX_COMPILER "${REBIRTH_AARCH64_CXX}")
 
 set(CMAKE_FIND_ROOT_PATH /usr/aarch64-linux-gnu)
 set(CMAKE_FIND_ROOT_PATH_MODE_PROGRAM NEVER)   # programs (python, qemu) are the host's

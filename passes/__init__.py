@@ -16,18 +16,15 @@ They compose with TVM's own passes::
 import tvm
 from tvm import relax
 
-from ._select import LatencySelector
-from ._sites import REFUSED, REWRITTEN, SiteRecord, record_sites
+from ._sites import REFUSED, REWRITTEN, SiteRecord, count_sites, record_sites
 from .distribute_pool import DistributePoolOverConcat
 from .fold_batch_norm import FoldBatchNorm
 from .fold_channel_affine import FoldChannelAffine
 from .merge_conv_lrn import MergeConvLRN
 from .merge_conv_pool import MergeConvPool
-from .merge_inception_branches import MergeInceptionBranches
 from .merge_parallel_convs import MergeParallelConvs
-from .rebirth import Rebirth
+from .rebirth import MergeInceptionBranches, Rebirth, StreamlineMerge
 from .refit_classifier import RefitClassifier
-from .streamline import StreamlineMerge
 from .tucker_decompose import TuckerDecompose
 
 
@@ -45,7 +42,7 @@ def exact_pipeline(merge_parallel: bool = True, allow_kernel_padding: bool = Fal
 
 
 __all__ = [
-    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth", "TuckerDecompose", "LatencySelector", "RefitClassifier",
+    "FoldBatchNorm", "FoldChannelAffine", "MergeParallelConvs", "DistributePoolOverConcat", "MergeConvPool", "MergeConvLRN", "StreamlineMerge", "MergeInceptionBranches", "Rebirth", "TuckerDecompose", "RefitClassifier",
     "exact_pipeline",
-    "SiteRecord", "record_sites", "REWRITTEN", "REFUSED",
+    "SiteRecord", "record_sites", "count_sites", "REWRITTEN", "REFUSED",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import relax
 
-from ._graph import FunctionGraph, dtype_of, op_name, per_channel, shape_of, short_op
+from rebirth_tvm.core.graph import FunctionGraph, dtype_of, op_name, per_channel, shape_of, short_op
 
 CONV2D = "relax.nn.conv2d"
 FOLDABLE_DTYPES = ("float32", "float64", "float16")
@@ -91,6 +91,17 @@ def match_conv(graph: FunctionGraph, expr) -> ConvUnit | str:
         return reason
     weight = graph.constant(value.args[1])
     return ConvUnit(value, conv_var, weight, bias, bias_var, dtype_of(value))
+
+
+def match_conv_at(graph: FunctionGraph, conv_var) -> ConvUnit | str:
+    """The conv bound to ``conv_var`` as a :class:`ConvUnit`, with its bias add when that add is
+    its only reader (looking forward from the conv; :func:`match_conv` looks back from an output)."""
+    users = graph.live_users(conv_var)
+    if len(users) == 1 and users[0] is not None and op_name(graph.producer(users[0])) == "relax.add":
+        unit = match_conv(graph, users[0])
+        if not isinstance(unit, str):
+            return unit
+    return match_conv(graph, conv_var)
 
 
 def conv2d_like(attrs, data, weight, **overrides):

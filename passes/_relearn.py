@@ -1,22 +1,22 @@
-"""The shared driver of every relearned (lossy) merge.
+"""The bottom-up loop every relearned (lossy) pass shares.
 
 A lossy pass only says *where* it can merge and *what* the new conv looks like (a
-:class:`RelearnSite`); this driver does the rest, identically for every rule:
+:class:`RelearnSite`); this loop does the rest, identically for every rule:
 
 1. sites are taken bottom-up, one at a time, so each one sees the network already rewritten below
    it (layer-wise rebirth: errors cannot compound unseen);
 2. the site's input activations are computed on the calibration inputs by the current module;
-3. the teacher (the original block) gives the targets; a fifth of the samples is held out;
-4. the retraining hook returns the new weights; fidelity on the held-out samples is measured for
-   the initial and the relearned weights (relative MSE and cosine);
-5. the block is replaced by ``conv (+ bias) (+ ReLU)`` and the site is recorded.
+3. the targets are what the original network computed there (:meth:`RelearnPass.targets_for`);
+4. the weights are fitted by the one relearning driver (:func:`rebirth_tvm.relearn.driver.fit`:
+   held-out split, fidelity, "never worse", the error limit);
+5. the block is replaced by ``conv (+ bias) (+ ReLU)`` and the site's record is returned, with
+   the bindings the rewrite put in (``new_bindings``: how chains and fine-tuning find them).
 """
 
 from __future__ import annotations
 
 import fnmatch
 import heapq
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -25,8 +25,14 @@ import tvm
 from tqdm import tqdm
 from tvm import relax
 
+from rebirth_tvm.core.conv_math import conv_macs
+from rebirth_tvm.core.errors import OptionError
+from rebirth_tvm.core.graph import FunctionGraph, block_module, host_function
+from rebirth_tvm.relearn import driver
+from rebirth_tvm.relearn.activations import activations
+from rebirth_tvm.relearn.hooks import resolve_hook
+
 from ._conv import ConvUnit, conv2d_like
-from ._graph import FunctionGraph
 from ._rewrite import apply_plan
 from ._sites import REFUSED, REWRITTEN, SiteRecord, publish
 
@@ -44,92 +50,12 @@ class RelearnSite:
     output_var: relax.Var
     input_var: relax.Var
     unit: ConvUnit  # the conv whose attributes (layout, dtype) the new conv keeps
-    geometry: object  # rebirth_tvm.hooks.ConvGeometry
+    geometry: object  # rebirth_tvm.relearn.hooks.ConvGeometry
     init_weight: np.ndarray
     init_bias: np.ndarray
     relu: bool
     teacher: Callable[[np.ndarray], np.ndarray]
     macs_before: int
-
-
-def fidelity(out: np.ndarray, ref: np.ndarray) -> dict:
-    """Relative MSE (‖out − ref‖² / ‖ref‖²) and cosine similarity, over all elements.
-
-    Relearned sites measure it on held-out calibration inputs, after the site's ReLU if it has one.
-    """
-    out, ref = out.reshape(-1).astype(np.float64), ref.reshape(-1).astype(np.float64)
-    rel_mse = float(np.sum((out - ref) ** 2) / max(np.sum(ref ** 2), 1e-30))
-    cosine = float(out @ ref / max(np.linalg.norm(out) * np.linalg.norm(ref), 1e-30))
-    return {"rel_mse": rel_mse, "cosine": cosine}
-
-
-def passed_on_fidelity(out: np.ndarray, ref: np.ndarray, relu: bool) -> dict:
-    """:func:`fidelity` of what the network passes on: after the ReLU where one follows (the
-    negative part of a pre-activation never reaches the next layer)."""
-    if relu:
-        out, ref = np.maximum(out, 0), np.maximum(ref, 0)
-    return fidelity(out, ref)
-
-
-def channel_mean_fidelity(train_targets: np.ndarray, test_targets: np.ndarray, relu: bool) -> dict:
-    """The trivial baseline a relearned site must beat: predict every output channel's mean
-    (over the training targets, after the ReLU where one follows) whatever the input.
-
-    A relearned conv that does no better than this constant has learned nothing about its input,
-    whatever its error against the initial weights says."""
-    passed = np.maximum(train_targets, 0) if relu else train_targets
-    mean = passed.mean(axis=(0, 2, 3), keepdims=True) if passed.ndim == 4 else passed.mean(axis=0, keepdims=True)
-    return passed_on_fidelity(np.broadcast_to(mean, test_targets.shape), test_targets, relu)
-
-
-def activations(mod: tvm.IRModule, var, calibration: np.ndarray) -> np.ndarray:
-    """The value of ``var`` in ``main`` for each calibration sample, in the model's batch size."""
-    func = mod["main"]
-    if any(var.same_as(p) for p in func.params):
-        return calibration.astype(np.float32)
-    bb = relax.BlockBuilder()
-    with bb.function("main", list(func.params)):
-        with bb.dataflow():
-            for block in func.body.blocks:
-                for binding in block.bindings:
-                    bb.emit_normalized(binding)
-                    if binding.var.same_as(var):
-                        break
-                else:
-                    continue
-                break
-            out = bb.emit_output(var)
-        bb.emit_func_output(out)
-    probe = relax.transform.DeadCodeElimination()(bb.get())
-    batch = int(func.params[0].ty.shape[0])
-    if len(calibration) % batch:
-        raise ValueError(f"{len(calibration)} calibration samples do not split into batches of {batch}")
-    run = _onnxruntime_runner(probe) or _tvm_runner(probe)
-    outs = [run(calibration[i:i + batch]) for i in range(0, len(calibration), batch)]
-    return np.concatenate(outs).astype(np.float32)
-
-
-def _onnxruntime_runner(probe: tvm.IRModule):
-    """Run the probe with onnxruntime (~45x faster than an untuned TVM build), if it exports."""
-    from rebirth_tvm.errors import RebirthError
-    from rebirth_tvm.export_onnx import to_onnx
-
-    try:
-        model = to_onnx(probe)
-    except RebirthError:
-        return None
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: np.ascontiguousarray(x, dtype=np.float32)})[0]
-
-
-def _tvm_runner(probe: tvm.IRModule):
-    vm = relax.VirtualMachine(tvm.compile(probe, target=tvm.target.Target("llvm")), tvm.cpu())
-    return lambda x: vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
 
 
 def compiled_teacher(emit_block: Callable) -> Callable[[np.ndarray], np.ndarray]:
@@ -143,16 +69,35 @@ def compiled_teacher(emit_block: Callable) -> Callable[[np.ndarray], np.ndarray]
 
     def run(x: np.ndarray) -> np.ndarray:
         if x.shape not in compiled:
-            bb = relax.BlockBuilder()
-            data = relax.Var("x", relax.TensorType(x.shape, "float32"))
-            with bb.function("main", [data]):
-                with bb.dataflow():
-                    out = bb.emit_output(emit_block(bb, data))
-                bb.emit_func_output(out)
-            compiled[x.shape] = relax.VirtualMachine(tvm.compile(bb.get(), target=tvm.target.Target("llvm")), tvm.cpu())
-        return compiled[x.shape]["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+            compiled[x.shape] = host_function(block_module(relax.TensorType(x.shape, "float32"), emit_block))
+        return compiled[x.shape](x)
 
     return run
+
+
+class _RecordingEmitter:
+    """An emitter that remembers the names of the bindings it emitted."""
+
+    def __init__(self, emitter, names: list[str]):
+        self.emitter, self.names = emitter, names
+
+    def remap(self, expr):
+        return self.emitter.remap(expr)
+
+    def emit(self, expr, name: str = ""):
+        self.names.append(name)
+        return self.emitter.emit(expr, name)
+
+
+def put_in(mod: tvm.IRModule, output_var, build) -> tuple[tvm.IRModule, list[str]]:
+    """Replace ``output_var``'s block by ``build``; returns the module and the names of the
+    bindings that now hold relearned weights (those ``build`` emitted, and ``output_var``'s own),
+    which the records list so that later steps (chains, fine-tuning) find them by this map. (A
+    new name may equal an old one — FoldBatchNorm also names its conv ``<name>_conv`` — so they
+    are recorded as emitted, not found by comparing names.)"""
+    emitted: list[str] = []
+    mod = apply_plan(mod, {output_var: lambda em: build(_RecordingEmitter(em, emitted))})
+    return mod, [n for n in emitted if n] + [output_var.name]
 
 
 def emit_conv_unit(bb, unit: ConvUnit, data):
@@ -161,10 +106,6 @@ def emit_conv_unit(bb, unit: ConvUnit, data):
     if unit.bias is not None:
         y = bb.emit(relax.op.add(y, relax.const(unit.bias.astype("float32").reshape(1, -1, 1, 1))))
     return y
-
-
-def conv_macs(out_shape, weight_shape) -> int:
-    return int(np.prod(out_shape)) * int(np.prod(weight_shape[1:]))
 
 
 class RelearnPass:
@@ -178,7 +119,7 @@ class RelearnPass:
     sites: ``"all"`` or site names / glob patterns (``"inception_4*"``) to rewrite; other sites
         are left alone and reported as not selected.
     selector: decides per site, before relearning, whether the rewrite is worth making
-        (:class:`~rebirth_tvm.passes.LatencySelector`); None rewrites every site.
+        (:mod:`._select`; the application hands in :class:`rebirth_tvm.backend.site_latency.LatencySelector`); None rewrites every site.
     targets: ``"original"`` (default): the teacher block applied to the original network's
         activations, so a site also undoes the error of the rewrites below it; ``"block"``: the
         teacher block applied to the reborn network's activations (pure block imitation).
@@ -191,18 +132,16 @@ class RelearnPass:
 
     def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", selector=None, max_site_error: float | None = None,
                  targets: str = "original"):
-        from rebirth_tvm.hooks import resolve_hook
-
         self.calibration = np.asarray(calibration, dtype=np.float32)
         if self.calibration.ndim != 4 or len(self.calibration) < 2:
-            raise ValueError(f"calibration must be (N, C, H, W) with N >= 2, got shape {self.calibration.shape}")
+            raise OptionError(f"calibration must be (N, C, H, W) with N >= 2, got shape {self.calibration.shape}")
         self.hook = resolve_hook(hook)
         self.selection = None if sites == "all" else ([sites] if isinstance(sites, str) else list(sites))
-        #: decides per site whether the rewrite is worth it (e.g. :class:`LatencySelector`); None keeps all.
+        #: decides per site whether the rewrite is worth it (a selector, see :mod:`._select`); None keeps all.
         self.selector = selector
         self.max_site_error = max_site_error
         if targets not in ("original", "block"):
-            raise ValueError(f"targets must be 'original' or 'block', not {targets!r}")
+            raise OptionError(f"targets must be 'original' or 'block', not {targets!r}")
         self.targets = targets
 
     def selected(self, name: str) -> bool:
@@ -212,9 +151,10 @@ class RelearnPass:
         return iter(())
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        self.sites: list[SiteRecord] = []
         self._reference = mod  # the network as it came: where the targets come from
-        self._relearned: set[str] = set()  # sites rewritten so far (their new convs are named after them)
+        #: bindings this run emitted (a new conv's name → its site): a later site whose block
+        #: starts at one of them is a chain, its targets taken at the original network's output
+        self._emitted: dict[str, str] = {}
         self._reset_caches()  # a pass object may be run on several modules
         rewritten: list[SiteRecord] = []
         refused: dict[str, str] = {}
@@ -250,8 +190,7 @@ class RelearnPass:
             if site is None:
                 break
             progress.set_postfix_str(site.name)
-            mod = self.relearn(mod, site)
-            record = self.sites.pop()
+            mod, record = self.relearn(mod, site)
             if site.name in decisions:
                 record.detail["latency"] = decisions[site.name]
             if record.status == REFUSED:  # over max_site_error: the module came back unchanged
@@ -259,7 +198,7 @@ class RelearnPass:
                 declined[site.name] = {"reason": record.reason}
                 continue
             rewritten.append(record)
-            self._relearned.add(site.name)
+            self._emitted.update({binding: site.name for binding in record.detail.get("new_bindings", [])})
             progress.update()
         progress.close()
         self.sites = rewritten + [guarded.get(n) or SiteRecord(self.pass_name, n, REFUSED, r, exact=False,
@@ -273,55 +212,38 @@ class RelearnPass:
     def _reset_caches(self) -> None:
         self._reference_cache: dict = {}
 
-    def relearn(self, mod: tvm.IRModule, site: RelearnSite) -> tvm.IRModule:
-        from rebirth_tvm.hooks import RetrainSite, call_hook, conv2d_numpy
+    def fit(self, name: str, geometry, init_weight, init_bias, inputs, targets, relu: bool, teacher=None):
+        """This pass's hook and error limit through the one driver (:func:`rebirth_tvm.relearn.driver.fit`)."""
+        return driver.fit(self.hook, name, geometry, init_weight, init_bias, inputs, targets, relu, teacher,
+                          max_error=self.max_site_error)
 
-        start = time.perf_counter()
+    def refused(self, name: str, refusal: driver.Refusal, detail: dict) -> SiteRecord:
+        return SiteRecord(self.pass_name, name, REFUSED, refusal.reason, exact=False, detail={**detail, **refusal.detail})
+
+    def relearn(self, mod: tvm.IRModule, site: RelearnSite) -> tuple[tvm.IRModule, SiteRecord]:
+        """Relearn ``site`` and put its new conv in; returns the module and the site's record
+        (refused, with the module unchanged, when the fit misses ``max_site_error``)."""
         inputs = activations(mod, site.input_var, self.calibration)
-        targets = self.targets_for(site, inputs)
-        held = max(1, len(inputs) // 5)
-        train_x, train_t, test_x, test_t = inputs[:-held], targets[:-held], inputs[-held:], targets[-held:]
-        retrain = RetrainSite(site.name, site.geometry, site.init_weight, site.init_bias, train_x, train_t, site.teacher,
-                              "relu" if site.relu else None)
-        weight, bias = call_hook(self.hook, retrain)  # shapes and finiteness checked there
-        fit = getattr(self.hook, "last_fit", None)  # hooks that can say how well-posed the fit was
-        expected = (site.geometry.out_channels, site.geometry.in_channels, *site.geometry.kernel)
-        before = passed_on_fidelity(conv2d_numpy(test_x, site.init_weight, site.init_bias, site.geometry), test_t, site.relu)
-        after = passed_on_fidelity(conv2d_numpy(test_x, weight, bias, site.geometry), test_t, site.relu)
+        result = self.fit(site.name, site.geometry, site.init_weight, site.init_bias, inputs, self.targets_for(site, inputs),
+                          site.relu, site.teacher)
+        if isinstance(result, driver.Refusal):
+            return mod, self.refused(site.name, result, {"pattern": site.pattern})
         g = site.geometry
-        # Never worse than where it started: least squares fits the targets before the ReLU, and
-        # where those are already rectified (an LRN's output) its fit can lose to the initial
-        # weights after the ReLU. Then the initial weights stay, and the report says so. A
-        # user's own hook is the user's decision: its weights are used as given.
-        from rebirth_tvm.hooks import LeastSquaresHook, SGDHook
-
-        kept_initial = after["rel_mse"] > before["rel_mse"] and isinstance(self.hook, (LeastSquaresHook, SGDHook))
-        if kept_initial:
-            weight, bias, after = site.init_weight, site.init_bias, before
-        if self.too_far(site.name, after, {"pattern": site.pattern, "fidelity_initial": before, "fidelity": after,
-                                           "seconds": round(time.perf_counter() - start, 3)}):
-            return mod
-        build = self.replacement(site, weight, bias)
-        mod = apply_plan(mod, {site.output_var: build})
+        mod, new_bindings = put_in(mod, site.output_var, self.replacement(site, result.weight, result.bias))
         in_shape = [int(d) for d in site.input_var.ty.shape]
         out_shape = (in_shape[0], g.out_channels, *g.output_size(*in_shape[2:]))
-        self.sites.append(SiteRecord(
+        expected = (g.out_channels, g.in_channels, *g.kernel)
+        return mod, SiteRecord(
             self.pass_name, site.name, REWRITTEN,
             f"{site.pattern} → one {g.kernel[0]}x{g.kernel[1]}/s{g.stride[0]} conv{'+relu' if site.relu else ''}; "
-            f"held-out relative MSE {before['rel_mse']:.3g} → {after['rel_mse']:.3g}"
-            + (" (the hook's fit was worse: initial weights kept)" if kept_initial else ""),
+            f"held-out relative MSE {result.before['rel_mse']:.3g} → {result.after['rel_mse']:.3g}"
+            + (" (the hook's fit was worse: initial weights kept)" if result.kept_initial else ""),
             exact=False,
             detail={"pattern": site.pattern, "kernel": list(g.kernel), "stride": list(g.stride), "padding": list(g.padding),
                     "input_shape": in_shape, "output_shape": [int(d) for d in out_shape],
                     "macs_before": site.macs_before, "macs_after": conv_macs(out_shape, expected),
-                    "fidelity_initial": before, "fidelity": after,
-                    "fidelity_channel_mean": channel_mean_fidelity(train_t, test_t, site.relu),
-                    "held_out": held, "calibration": len(inputs),
-                    "kept_initial": kept_initial,
-                    "seconds": round(time.perf_counter() - start, 3), **({"fit": fit} if fit else {})},
-        ))
-        return mod
-
+                    "new_bindings": new_bindings, **result.detail},
+        )
 
     def targets_for(self, site: RelearnSite, inputs: np.ndarray) -> np.ndarray:
         """What the new conv must produce for ``inputs`` (the reborn network's activations).
@@ -331,12 +253,12 @@ class RelearnPass:
         corrects the drift of the sites below it instead of passing it on (otherwise errors
         compound layer by layer). For a site whose block starts with an original conv, that is
         the teacher block run on the original network's input activations (pre-activation
-        targets). A chain site's block starts with a conv relearned by this pass (conv1 → pool1 →
+        targets). A chain site's block starts with a conv this run emitted (conv1 → pool1 →
         LRN: the LRN merge sees the new conv), which was never in the original network; its
         targets are the original network's value at the site's output. ``targets="block"`` (or
         a value the original network does not have): the block run on ``inputs``.
         """
-        if site.unit.conv_var.name.endswith("_conv") and site.unit.conv_var.name[:-len("_conv")] in self._relearned:
+        if site.unit.conv_var.name in self._emitted:
             original_out = self.reference_activations(site.output_var)
             if original_out is not None:
                 return original_out
@@ -363,15 +285,6 @@ class RelearnPass:
         if var.name not in cache:
             cache[var.name] = activations(reference, found[0], self.calibration)
         return cache[var.name]
-
-    def too_far(self, name: str, after: dict, detail: dict) -> bool:
-        """Record a refusal and say so if the relearned site misses ``max_site_error``."""
-        if self.max_site_error is None or after["rel_mse"] <= self.max_site_error:
-            return False
-        self.sites.append(SiteRecord(self.pass_name, name, REFUSED,
-                                     f"relearned, but held-out relative MSE {after['rel_mse']:.3g} stays above the limit "
-                                     f"{self.max_site_error:g}: left as it was", exact=False, detail=detail))
-        return True
 
     def replacement(self, site: RelearnSite, weight: np.ndarray | None = None, bias: np.ndarray | None = None):
         """``build(emitter)`` for the site's new block: conv (+ bias) (+ ReLU) on the site's input.

@@ -64,7 +64,7 @@ class SitePass:
     pass_name = "SitePass"
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        from ._graph import FunctionGraph
+        from rebirth_tvm.core.graph import FunctionGraph
 
         self.sites: list[SiteRecord] = []
         plans = {}

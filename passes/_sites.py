@@ -76,3 +76,17 @@ def hidden_from_collectors() -> Iterator[None]:
 def publish(records: list[SiteRecord]) -> None:
     for sites in _collectors:
         sites.extend(records)
+
+
+def count_sites(sites) -> dict[str, int]:
+    """How many sites were rewritten and refused, from records or their JSON (a report's
+    ``sites``): ``rewritten``, ``refused``, and of the rewritten ones ``exact`` and ``relearned``,
+    and ``refused_relearned`` (relearned rewrites refused: not selected, too far, slower)."""
+    rows = [s.to_json() if isinstance(s, SiteRecord) else s for s in sites]
+    return {
+        "rewritten": sum(1 for s in rows if s["status"] == REWRITTEN),
+        "refused": sum(1 for s in rows if s["status"] == REFUSED),
+        "exact": sum(1 for s in rows if s["status"] == REWRITTEN and s["exact"]),
+        "relearned": sum(1 for s in rows if s["status"] == REWRITTEN and not s["exact"]),
+        "refused_relearned": sum(1 for s in rows if s["status"] == REFUSED and not s["exact"]),
+    }

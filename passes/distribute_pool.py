@@ -18,7 +18,8 @@ import fnmatch
 import tvm
 from tvm import relax
 
-from ._graph import FunctionGraph, op_name
+from rebirth_tvm.core.graph import FunctionGraph, op_name
+
 from ._rewrite import SitePass
 from ._sites import REFUSED, REWRITTEN, SiteRecord
 

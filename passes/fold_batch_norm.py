@@ -30,8 +30,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from rebirth_tvm.core.graph import FunctionGraph, op_name
+
 from ._conv import ConvUnit, emit_conv, match_conv
-from ._graph import FunctionGraph, op_name
 from ._rewrite import SitePass
 from ._sites import REFUSED, REWRITTEN, SiteRecord
 

@@ -31,8 +31,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from rebirth_tvm.core.graph import FunctionGraph, dtype_of, op_name, per_channel, short_op
+
 from ._conv import CONV2D, ConvUnit, conv_refusal, emit_conv
-from ._graph import FunctionGraph, dtype_of, op_name, per_channel, short_op
 from ._rewrite import SitePass
 from ._sites import REFUSED, REWRITTEN, SiteRecord
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 import numpy as np
 import tvm
 
+from rebirth_tvm.core.conv_math import ConvGeometry, conv2d_numpy, conv_macs
+from rebirth_tvm.core.graph import FunctionGraph, op_name, shape_of
+
 from ._conv import match_conv_relu
-from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import RelearnPass, RelearnSite, conv_macs
+from ._relearn import RelearnPass, RelearnSite
 
 
 def lrn_numpy(x: np.ndarray, size: int, alpha: float, beta: float, bias: float, pad: tuple[int, int]) -> np.ndarray:
@@ -90,8 +92,6 @@ class MergeConvLRN(RelearnPass):
                     well_formed=well_formed, inner=inner, square_var=chain[-1][1])
 
     def _match(self, graph: FunctionGraph, out_var, lrn):
-        from rebirth_tvm.hooks import ConvGeometry, conv2d_numpy
-
         if not lrn["well_formed"]:
             return "the LRN decomposition has an unexpected form (axis, window, or non-constant alpha/beta/bias)"
         for var in lrn["inner"][:-1]:

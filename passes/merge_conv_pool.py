@@ -29,12 +29,23 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from rebirth_tvm.core.conv_math import ConvGeometry, conv_macs
+from rebirth_tvm.core.errors import OptionError
+from rebirth_tvm.core.graph import FunctionGraph, op_name, shape_of
+
 from ._conv import match_conv_relu
-from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import RelearnPass, RelearnSite, compiled_teacher, conv_macs, emit_conv_unit
+from ._relearn import RelearnPass, RelearnSite, compiled_teacher, emit_conv_unit
 from .distribute_pool import pool_like
 
 _POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
+
+#: How a conv+pool merge sizes the new kernel (``pool_kernel``; see the module docstring).
+POOL_KERNELS = ("auto", "cover", "keep")
+
+
+def check_pool_kernel(policy: str) -> None:
+    if policy not in POOL_KERNELS:
+        raise OptionError(f"pool_kernel must be 'auto', 'cover' or 'keep', not {policy!r}")
 
 
 def _pairs(values):
@@ -49,16 +60,15 @@ class MergeConvPool(RelearnPass):
     Parameters
     ----------
     calibration, hook, sites: see :class:`RelearnPass`.
-    kernel: ``"auto"`` (default), ``"cover"`` or ``"keep"`` (see the module docstring).
+    pool_kernel: ``"auto"`` (default), ``"cover"`` or ``"keep"`` (see the module docstring).
     """
 
     pass_name = "MergeConvPool"
 
-    def __init__(self, calibration: np.ndarray, hook="lstsq", kernel: str = "auto", sites="all"):
-        if kernel not in ("auto", "cover", "keep"):
-            raise ValueError(f"kernel policy must be 'auto', 'cover' or 'keep', not {kernel!r}")
+    def __init__(self, calibration: np.ndarray, hook="lstsq", pool_kernel: str = "auto", sites="all"):
+        check_pool_kernel(pool_kernel)
         super().__init__(calibration, hook, sites)
-        self.kernel = kernel
+        self.pool_kernel = pool_kernel
 
     def find_sites(self, graph: FunctionGraph):
         for binding in graph.dataflow_bindings():
@@ -66,8 +76,6 @@ class MergeConvPool(RelearnPass):
                 yield binding.var.name, self._match(graph, binding.var, binding.value)
 
     def _match(self, graph: FunctionGraph, pool_var, pool):
-        from rebirth_tvm.hooks import ConvGeometry
-
         attrs = pool.attrs
         if attrs.layout != "NCHW" or any(int(d) != 1 for d in attrs.dilation):
             return "the pool is dilated or not NCHW"
@@ -81,7 +89,7 @@ class MergeConvPool(RelearnPass):
         pc, pp = [int(p) for p in conv.padding], [int(p) for p in attrs.padding]
         in_shape = shape_of(unit.conv.args[0])
         out_shape = shape_of(pool_var)
-        policy = self.kernel
+        policy = self.pool_kernel
         if policy == "auto":
             # Grow the kernel only when the strided conv still does no more work than the old one.
             cover = (kc[0] + (kp[0] - 1) * sc[0]) * (kc[1] + (kp[1] - 1) * sc[1]) * int(np.prod(shape_of(pool_var)[2:]))

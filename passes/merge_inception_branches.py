@@ -1,10 +1,11 @@
-"""MergeInceptionBranches: DeepRebirth's branch merging, relearned, with the work it costs on view.
+"""DeepRebirth's branch merging rules, relearned, with the work they cost on view
+(run by :class:`~rebirth_tvm.passes.MergeInceptionBranches` and :class:`~rebirth_tvm.passes.Rebirth`).
 
 Two rules, both replacing part of an inception branch by one conv that reads the module input:
 
 * **pool branch** — ``max_pool 3×3/s1 → conv (+bias)`` (the projection, 1×1 in GoogLeNet, or
   already a strided conv once a following pool was merged into it) becomes one conv on the
-  pool's input. Kernel ``"keep"`` (default): the conv as it is, the pool is simply gone (same
+  pool's input. ``branch_pool_kernel="keep"`` (default): the conv as it is, the pool is simply gone (same
   MACs, one kernel and one buffer fewer). ``"cover"``: the kernel grows by the pool window (a
   1×1 becomes 3×3, 9× the MACs). Initial weights: the projection (averaged over the window for
   ``"cover"``).
@@ -26,23 +27,18 @@ max pool that keeps the spatial size; the rewrite would add MACs (unless allowed
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax
 
-from ._conv import match_conv, plain_conv_refusal
-from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import CombinedRelearn, RelearnPass, RelearnSite, compiled_teacher, conv_macs, emit_conv_unit
+from rebirth_tvm.core.conv_math import ConvGeometry, conv_macs
+from rebirth_tvm.core.errors import OptionError
+from rebirth_tvm.core.graph import FunctionGraph, op_name, shape_of
+
+from ._conv import match_conv, match_conv_at, plain_conv_refusal
+from ._relearn import RelearnPass, RelearnSite, compiled_teacher, emit_conv_unit
 from .distribute_pool import pool_like
 
-
-def conv_with_bias(graph: FunctionGraph, conv_var):
-    """The conv bound to ``conv_var`` together with its bias add when that is its only reader."""
-    users = graph.live_users(conv_var)
-    if len(users) == 1 and users[0] is not None and op_name(graph.value_of.get(users[0])) == "relax.add":
-        unit = match_conv(graph, users[0])
-        if not isinstance(unit, str):
-            return unit
-    return match_conv(graph, conv_var)
+#: How a pool-branch merge sizes the new kernel (``branch_pool_kernel``; see the module docstring).
+BRANCH_POOL_KERNELS = ("keep", "cover")
 
 
 def _work_check(name: str, before: int, after: int, params_before: int, params_after: int, allow: bool):
@@ -53,10 +49,12 @@ def _work_check(name: str, before: int, after: int, params_before: int, params_a
 
 
 class _BranchRule(RelearnPass):
-    def __init__(self, calibration, hook="lstsq", sites="all", allow_more_work: bool = False, kernel: str = "keep"):
+    def __init__(self, calibration, hook="lstsq", sites="all", allow_more_work: bool = False, branch_pool_kernel: str = "keep"):
         super().__init__(calibration, hook, sites)
         self.allow_more_work = allow_more_work
-        self.kernel = kernel
+        if branch_pool_kernel not in BRANCH_POOL_KERNELS:
+            raise OptionError(f"branch_pool_kernel must be 'keep' or 'cover', not {branch_pool_kernel!r}")
+        self.branch_pool_kernel = branch_pool_kernel
 
 
 class MergePoolProjection(_BranchRule):
@@ -65,15 +63,13 @@ class MergePoolProjection(_BranchRule):
     pass_name = "MergeInceptionBranches"
 
     def find_sites(self, graph: FunctionGraph):
-        from rebirth_tvm.hooks import ConvGeometry
-
         for binding in graph.dataflow_bindings():
             if op_name(binding.value) != "relax.nn.conv2d":
                 continue
             pool = graph.producer(binding.value.args[0])
             if op_name(pool) != "relax.nn.max_pool2d":
                 continue
-            unit = conv_with_bias(graph, binding.var)
+            unit = match_conv_at(graph, binding.var)
             if isinstance(unit, str):
                 continue
             yield from self._site(graph, unit, pool, ConvGeometry)
@@ -98,7 +94,7 @@ class MergePoolProjection(_BranchRule):
         kp, pp = [int(k) for k in a.pool_size], [int(p) for p in a.padding]
         kc, pc = [int(k) for k in unit.weight.shape[2:]], [int(p) for p in unit.conv.attrs.padding]
         stride = tuple(int(v) for v in unit.conv.attrs.strides)
-        if self.kernel == "keep":
+        if self.branch_pool_kernel == "keep":
             kernel, padding = tuple(kc), tuple(pc)
             weight = unit.weight.astype(np.float64)
         else:
@@ -120,7 +116,7 @@ class MergePoolProjection(_BranchRule):
         def block(bb, data):
             return emit_conv_unit(bb, unit, bb.emit(pool_like(pool, data)))
 
-        yield name, RelearnSite(name, f"max_pool+conv{kc[0]}x{kc[1]} (pool branch, {self.kernel})", unit.out_var, pool.args[0], unit,
+        yield name, RelearnSite(name, f"max_pool+conv{kc[0]}x{kc[1]} (pool branch, {self.branch_pool_kernel})", unit.out_var, pool.args[0], unit,
                                 geometry, weight, bias, False, compiled_teacher(block), before)
 
 
@@ -130,8 +126,6 @@ class MergeReduceConv(_BranchRule):
     pass_name = "MergeInceptionBranches"
 
     def find_sites(self, graph: FunctionGraph):
-        from rebirth_tvm.hooks import ConvGeometry
-
         for binding in graph.dataflow_bindings():
             if op_name(binding.value) != "relax.nn.conv2d":
                 continue
@@ -141,7 +135,7 @@ class MergeReduceConv(_BranchRule):
             reduce = match_conv(graph, relu.args[0])
             if isinstance(reduce, str) or [int(k) for k in reduce.weight.shape[2:]] != [1, 1]:
                 continue
-            unit = conv_with_bias(graph, binding.var)
+            unit = match_conv_at(graph, binding.var)
             if isinstance(unit, str):
                 continue
             name = unit.out_var.name
@@ -181,30 +175,3 @@ class MergeReduceConv(_BranchRule):
             k = geometry.kernel
             yield name, RelearnSite(name, f"conv1x1+relu+conv{k[0]}x{k[1]} (reduce branch)", unit.out_var, reduce.conv.args[0],
                                     unit, geometry, weight, bias, False, compiled_teacher(block), before)
-
-
-@tvm.transform.module_pass(opt_level=0, name="MergeInceptionBranches")
-class MergeInceptionBranches(CombinedRelearn):
-    """Merge inception branches into convs on the module input; relearned; work-aware.
-
-    Parameters
-    ----------
-    calibration, hook, sites: see :class:`RelearnPass`.
-    branches: which rules run: ``("pool", "reduce")`` (default both).
-    pool_kernel: ``"keep"`` (1×1, default) or ``"cover"`` (the pool window) for pool branches.
-    allow_more_work: also make merges that add MACs (off by default; see the module docstring).
-    """
-
-    pass_name = "MergeInceptionBranches"
-
-    def __init__(self, calibration: np.ndarray, hook="lstsq", sites="all", branches=("pool", "reduce"),
-                 pool_kernel: str = "keep", allow_more_work: bool = False):
-        super().__init__(calibration, hook, sites)
-        unknown = set(branches) - {"pool", "reduce"}
-        if unknown or pool_kernel not in ("keep", "cover"):
-            raise ValueError(f"branches must be from ('pool', 'reduce') and pool_kernel 'keep' or 'cover'; got {branches}, {pool_kernel!r}")
-        self.rules = []
-        if "pool" in branches:
-            self.rules.append(MergePoolProjection(calibration, hook, sites, allow_more_work, pool_kernel))
-        if "reduce" in branches:
-            self.rules.append(MergeReduceConv(calibration, hook, sites, allow_more_work))

@@ -26,8 +26,10 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import CONV2D, conv2d_like, conv_refusal
-from ._graph import FunctionGraph, dtype_of, op_name, per_channel, shape_of
+from rebirth_tvm.core.conv_math import conv_macs
+from rebirth_tvm.core.graph import FunctionGraph, dtype_of, op_name, shape_of
+
+from ._conv import CONV2D, conv2d_like, conv_refusal, match_conv_at
 from ._rewrite import SitePass
 from ._sites import REFUSED, REWRITTEN, SiteRecord
 
@@ -36,19 +38,11 @@ class _Member:
     def __init__(self, graph: FunctionGraph, var, conv):
         self.conv_var, self.conv = var, conv
         self.weight = graph.constant(conv.args[1])
-        self.bias = None
-        self.out_var = var
         # Take the bias add along when the conv feeds only it: the slice then replaces the add.
-        users = graph.live_users(var)
-        if len(users) == 1 and users[0] is not None:
-            add = graph.value_of.get(users[0])
-            if op_name(add) == "relax.add":
-                other = add.args[1] if add.args[0].same_as(var) else add.args[0]
-                const = graph.constant(other)
-                if const is not None:
-                    vector = per_channel(const, self.weight.shape[0])
-                    if vector is not None:
-                        self.bias, self.out_var = vector, users[0]
+        unit = match_conv_at(graph, var)
+        with_bias = not isinstance(unit, str) and unit.bias is not None
+        self.bias = unit.bias if with_bias else None
+        self.out_var = unit.out_var if with_bias else var
         a = conv.attrs
         self.key = (
             tuple(int(s) for s in a.strides), tuple(int(d) for d in a.dilation), int(a.groups),
@@ -59,8 +53,7 @@ class _Member:
 
     @property
     def macs(self) -> int:
-        out = shape_of(self.conv)
-        return int(np.prod(out)) * int(np.prod(self.weight.shape[1:]))
+        return conv_macs(shape_of(self.conv), self.weight.shape)
 
 
 def merged_padding(members: list[_Member], kernel: tuple[int, int]):
@@ -202,7 +195,7 @@ class MergeParallelConvs(SitePass):
             begin, end = int(bounds[i]), int(bounds[i + 1])
             plan[m.out_var] = lambda em, b=begin, e=end: relax.op.strided_slice(merged(em), axes=[1], begin=[b], end=[e])
         macs_before = sum(m.macs for m in group)
-        macs_after = int(np.prod(shape_of(ref)[2:])) * int(np.prod(weight.shape)) * int(shape_of(ref)[0])
+        macs_after = conv_macs((shape_of(ref)[0], weight.shape[0], *shape_of(ref)[2:]), weight.shape)
         records.append(SiteRecord(
             self.pass_name, site, REWRITTEN,
             f"merged {len(group)} convs reading {source.name} into one {kernel[0]}x{kernel[1]} conv with {weight.shape[0]} channels",

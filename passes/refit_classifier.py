@@ -13,15 +13,17 @@ refused with the reason.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import tvm
 from tvm import relax
 
-from ._graph import FunctionGraph, op_name
-from ._relearn import activations, channel_mean_fidelity, fidelity
-from ._rewrite import apply_plan
+from rebirth_tvm.core.conv_math import ConvGeometry
+from rebirth_tvm.core.graph import FunctionGraph, op_name
+from rebirth_tvm.relearn import driver
+from rebirth_tvm.relearn.activations import activations
+from rebirth_tvm.relearn.hooks import resolve_hook
+
+from ._relearn import put_in
 from ._sites import REFUSED, REWRITTEN, SiteRecord, publish
 
 
@@ -61,16 +63,11 @@ class RefitClassifier:
     pass_name = "RefitClassifier"
 
     def __init__(self, calibration: np.ndarray, reference: tvm.IRModule, hook="lstsq"):
-        from rebirth_tvm.hooks import resolve_hook
-
         self.calibration = np.asarray(calibration, np.float32)
         self.reference = reference
         self.hook = resolve_hook(hook)
 
     def transform_module(self, mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, call_hook, conv2d_numpy
-
-        start = time.perf_counter()
         graph = FunctionGraph(mod["main"])
         out = mod["main"].body.body
         head = _head(graph, out) if isinstance(out, relax.Var) else "the output is not a single tensor"
@@ -86,38 +83,31 @@ class RefitClassifier:
         classes = weight.shape[1]
         x = features.reshape(n, d, 1, 1)
         t = targets.reshape(n, classes, 1, 1)
-        held = max(1, n // 5)
-        geometry = ConvGeometry(d, classes, (1, 1))
         init_w = weight.T.reshape(classes, d, 1, 1).astype(np.float64)
         init_b = np.zeros(classes) if bias is None else bias.reshape(-1).astype(np.float64)
-        new_w, new_b = call_hook(self.hook, RetrainSite("classifier", geometry, init_w, init_b, x[:-held], t[:-held], None, None))
-        before = fidelity(conv2d_numpy(x[-held:], init_w, init_b, geometry), t[-held:])
-        after = fidelity(conv2d_numpy(x[-held:], new_w, new_b, geometry), t[-held:])
+        # The FC is a 1×1 conv on the flattened features: the same driver, hook and rules as every site.
+        result = driver.fit(self.hook, "classifier", ConvGeometry(d, classes, (1, 1)), init_w, init_b, x, t, relu=False)
         name = out.name
-        if after["rel_mse"] >= before["rel_mse"]:
+        if result.kept_initial:  # the driver's "never worse": the original FC stays
             self.sites = [SiteRecord(self.pass_name, name, REFUSED,
-                                     f"refitting would not bring the logits closer (held-out relative MSE {before['rel_mse']:.3g} → "
-                                     f"{after['rel_mse']:.3g}): left as it was", exact=False,
-                                     detail={"fidelity_initial": before, "fidelity": after})]
+                                     f"refitting would not bring the logits closer (held-out relative MSE {result.before['rel_mse']:.3g} → "
+                                     f"{result.after['rel_mse']:.3g} refitted): left as it was", exact=False, detail=result.detail)]
             publish(self.sites)
             return mod
+        new_w, new_b = result.weight, result.bias
         dtype = str(weight.dtype)
 
         def build(em):
             product = relax.op.matmul(em.remap(features_var), relax.const(new_w.reshape(classes, d).T.astype(dtype)))
             return relax.op.add(em.emit(product, name + "_refit"), relax.const(new_b.astype(dtype)))
 
-        mod = apply_plan(mod, {out: build})
-        fit = getattr(self.hook, "last_fit", None)
+        mod, new_bindings = put_in(mod, out, build)
         self.sites = [SiteRecord(self.pass_name, name, REWRITTEN,
-                                 f"final FC refitted to the original logits: held-out relative MSE {before['rel_mse']:.3g} → {after['rel_mse']:.3g}",
+                                 f"final FC refitted to the original logits: held-out relative MSE {result.before['rel_mse']:.3g} → "
+                                 f"{result.after['rel_mse']:.3g}",
                                  exact=False, detail={"pattern": "fc (refit)", "kernel": [1, 1], "stride": [1, 1],
                                                       "macs_before": d * classes, "macs_after": d * classes,
-                                                      "fidelity_initial": before, "fidelity": after,
-                                                      "fidelity_channel_mean": channel_mean_fidelity(t[:-held], t[-held:], relu=False),
-                                                      "held_out": held,
-                                                      "calibration": n, "seconds": round(time.perf_counter() - start, 3),
-                                                      **({"fit": fit} if fit else {})})]
+                                                      "new_bindings": new_bindings, **result.detail})]
         publish(self.sites)
         return mod
 

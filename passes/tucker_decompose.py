@@ -31,11 +31,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ._conv import CONV2D, conv2d_like, match_conv, plain_conv_refusal
-from ._graph import FunctionGraph, op_name, shape_of
-from ._relearn import (RelearnPass, activations, channel_mean_fidelity, compiled_teacher, conv_macs, emit_conv_unit,
-                       passed_on_fidelity)
-from ._rewrite import apply_plan
+from rebirth_tvm.core.conv_math import ConvGeometry, conv_macs
+from rebirth_tvm.core.errors import OptionError
+from rebirth_tvm.core.graph import FunctionGraph, op_name, shape_of
+from rebirth_tvm.relearn import driver
+from rebirth_tvm.relearn.activations import activations
+
+from ._conv import CONV2D, conv2d_like, match_conv_at, plain_conv_refusal
+from ._relearn import RelearnPass, compiled_teacher, emit_conv_unit, put_in
 from ._sites import REWRITTEN, SiteRecord
 
 MARK = "_tucker"  # bindings this pass emits; never decomposed again
@@ -68,7 +71,7 @@ def hosvd_tucker2(weight: np.ndarray, rank_in: int, rank_out: int):
     w = weight.astype(np.float64)
     out_channels, in_channels, kh, kw = w.shape
     if not (1 <= rank_in <= in_channels and 1 <= rank_out <= out_channels):
-        raise ValueError(f"ranks ({rank_in}, {rank_out}) outside [1, {in_channels}] x [1, {out_channels}]")
+        raise OptionError(f"ranks ({rank_in}, {rank_out}) outside [1, {in_channels}] x [1, {out_channels}]")
     # Full (square) U: a rank above the unfolding's column count (a stem conv's 3·k·k) still
     # gets orthonormal columns, so full ranks stay exact.
     u_out = np.linalg.svd(w.reshape(out_channels, -1), full_matrices=True)[0][:, :rank_out]
@@ -83,8 +86,11 @@ def reconstruct(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.nda
 
 
 def tucker_macs(in_shape, out_hw, in_channels, out_channels, rank_in, rank_out, kernel) -> int:
+    """MACs of the three convs: 1×1 (in → rank_in) on the input, k×k core and 1×1 restore on the output grid."""
     n, _, h, w = in_shape
-    return int(n * h * w * in_channels * rank_in + n * out_hw[0] * out_hw[1] * (rank_out * rank_in * kernel[0] * kernel[1] + out_channels * rank_out))
+    return (conv_macs((n, rank_in, h, w), (rank_in, in_channels, 1, 1))
+            + conv_macs((n, rank_out, *out_hw), (rank_out, rank_in, *kernel))
+            + conv_macs((n, out_channels, *out_hw), (out_channels, rank_out, 1, 1)))
 
 
 class TuckerSite:
@@ -111,7 +117,7 @@ class TuckerDecompose(RelearnPass):
     ranks: ``{site name or glob: (rank_in, rank_out)}``; an int is a rank, a float in (0, 1] a
         fraction of the channels.
     allow_more_work: also decompose where the three convs need more MACs than the one.
-    selector: e.g. :class:`~rebirth_tvm.passes.LatencySelector`: decompose only where it measures faster.
+    selector: e.g. :class:`rebirth_tvm.backend.site_latency.LatencySelector`: decompose only where it measures faster.
     """
 
     pass_name = "TuckerDecompose"
@@ -125,7 +131,7 @@ class TuckerDecompose(RelearnPass):
             self.has_calibration = True
         super().__init__(calibration, hook, sites, selector, max_site_error)
         if not 0 < energy <= 1:
-            raise ValueError(f"energy must be in (0, 1], got {energy}")
+            raise OptionError(f"energy must be in (0, 1], got {energy}")
         self.energy, self.ranks, self.allow_more_work = energy, dict(ranks or {}), allow_more_work
         self._factors: dict = {}
         self._ranks: dict = {}
@@ -149,16 +155,10 @@ class TuckerDecompose(RelearnPass):
         for binding in graph.dataflow_bindings():
             if op_name(binding.value) != CONV2D or MARK in binding.var.name:
                 continue
-            conv_var = binding.var
-            users = graph.live_users(conv_var)
-            add = users[0] if len(users) == 1 and users[0] is not None else None
-            out = add if add is not None and op_name(graph.producer(add)) == "relax.add" else conv_var
-            unit = match_conv(graph, out)
+            unit = match_conv_at(graph, binding.var)
             if isinstance(unit, str):
-                unit = match_conv(graph, conv_var)
-                if isinstance(unit, str):
-                    yield conv_var.name, unit
-                    continue
+                yield binding.var.name, unit
+                continue
             kernel = tuple(int(k) for k in unit.weight.shape[2:])
             if kernel == (1, 1):
                 continue  # nothing to factor: not a candidate
@@ -191,9 +191,7 @@ class TuckerDecompose(RelearnPass):
                 continue
             yield name, site
 
-    def relearn(self, mod: tvm.IRModule, site: TuckerSite) -> tvm.IRModule:
-        from rebirth_tvm.hooks import ConvGeometry, RetrainSite, call_hook, conv2d_numpy
-
+    def relearn(self, mod: tvm.IRModule, site: TuckerSite) -> tuple[tvm.IRModule, SiteRecord]:
         start = time.perf_counter()
         unit, (rank_in, rank_out) = site.unit, site.ranks
         first, core, last = site.factors
@@ -209,26 +207,19 @@ class TuckerDecompose(RelearnPass):
             original = self.reference_activations(site.input_var)  # see RelearnPass.targets_for
             targets = compiled_teacher(lambda bb, x: emit_conv_unit(bb, unit, x))(original if original is not None else inputs)
             reduced = compiled_teacher(lambda bb, x: self._emit_reduce(bb, unit, x, first, core))(inputs)
-            held = max(1, len(inputs) // 5)
-            geometry = ConvGeometry(rank_out, unit.channels, (1, 1))
-            retrain = RetrainSite(site.name, geometry, last, bias, reduced[:-held], targets[:-held], None, "relu" if site.relu else None)
-            new_last, new_bias = call_hook(self.hook, retrain)  # shapes and finiteness checked there
-            before = passed_on_fidelity(conv2d_numpy(reduced[-held:], last, bias, geometry), targets[-held:], site.relu)
-            after = passed_on_fidelity(conv2d_numpy(reduced[-held:], new_last, new_bias, geometry), targets[-held:], site.relu)
-            if self.too_far(site.name, after, {**detail, "fidelity_initial": before, "fidelity": after}):
-                return mod
-            last, bias = new_last, new_bias
-            fit = getattr(self.hook, "last_fit", None)
-            detail.update(fidelity_initial=before, fidelity=after, held_out=held, calibration=len(inputs),
-                          fidelity_channel_mean=channel_mean_fidelity(targets[:-held], targets[-held:], site.relu),
-                          **({"fit": fit} if fit else {}))
+            # Only the restoring 1×1 conv is relearned: it maps the HOSVD-reduced features to the
+            # original conv's output (the first two factors stay as the decomposition made them).
+            result = self.fit(site.name, ConvGeometry(rank_out, unit.channels, (1, 1)), last, bias, reduced, targets, site.relu)
+            if isinstance(result, driver.Refusal):
+                return mod, self.refused(site.name, result, detail)
+            last, bias = result.weight, result.bias
+            detail.update(result.detail)
             reason = (f"ranks ({rank_in}, {rank_out}), MACs {site.macs_before:,} → {site.macs_after:,}; "
-                      f"held-out relative MSE {before['rel_mse']:.3g} (HOSVD) → {after['rel_mse']:.3g} (relearned)")
-        build = self.replacement(site, last, bias)
-        mod = apply_plan(mod, {site.output_var: build})
+                      f"held-out relative MSE {result.before['rel_mse']:.3g} (HOSVD) → {result.after['rel_mse']:.3g} (relearned)"
+                      + (" (the hook's fit was worse: HOSVD weights kept)" if result.kept_initial else ""))
+        mod, detail["new_bindings"] = put_in(mod, site.output_var, self.replacement(site, last, bias))
         detail["seconds"] = round(time.perf_counter() - start, 3)
-        self.sites.append(SiteRecord(self.pass_name, site.name, REWRITTEN, reason, exact=site.exact, detail=detail))
-        return mod
+        return mod, SiteRecord(self.pass_name, site.name, REWRITTEN, reason, exact=site.exact, detail=detail)
 
     def replacement(self, site: TuckerSite, last: np.ndarray | None = None, bias: np.ndarray | None = None):
         """``build(emitter)``: 1×1 → k×k → 1×1 + bias on the site's input (HOSVD factors by default)."""

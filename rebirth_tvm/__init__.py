@@ -2,6 +2,10 @@
 
 Data flows one way: ONNX → Relax (:func:`load`) → passes (:mod:`rebirth_tvm.passes`) →
 build (:func:`build`) → run / measure → report. :func:`compile_model` does all of it.
+
+Layers, lowest first (a module imports only its own layer and those below):
+:mod:`.core` → :mod:`.frontend` → :mod:`.relearn` → :mod:`.passes` → :mod:`.backend` →
+:mod:`.pipeline` → the commands and studies at the top level of this package.
 """
 
 from __future__ import annotations
@@ -57,11 +61,13 @@ def _ensure_passes_package() -> None:
 
 _ensure_passes_package()
 
-from . import passes  # noqa: E402
-from .build import BuiltModel, build, run  # noqa: E402
-from .pipeline import CompileResult, RebirthOptions, compile_model, rebirth, write_result  # noqa: E402
-from .errors import RebirthError  # noqa: E402
-from .onnx_import import load  # noqa: E402
+from rebirth_tvm import passes  # noqa: E402
+from rebirth_tvm.backend.build import BuiltModel, build, run  # noqa: E402
+from rebirth_tvm.backend.targets import Target, resolve_target  # noqa: E402
+from rebirth_tvm.pipeline import CompileResult, RebirthOptions, compile_model, rebirth, write_result  # noqa: E402
+from rebirth_tvm.core.errors import RebirthError  # noqa: E402
+from rebirth_tvm.frontend.onnx_import import load  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["load", "build", "run", "compile_model", "write_result", "rebirth", "RebirthOptions", "passes", "BuiltModel", "CompileResult", "RebirthError"]
+__all__ = ["load", "build", "run", "compile_model", "write_result", "rebirth", "RebirthOptions", "passes", "BuiltModel", "CompileResult",
+           "RebirthError", "Target", "resolve_target"]

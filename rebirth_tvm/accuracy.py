@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from . import cli
-from .errors import RebirthError
-from .evaluate import classify
+from rebirth_tvm import cli
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.pipeline.evaluate import classify
 
 MODEL = "fashion_googlenet"
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results")
@@ -76,29 +76,27 @@ def default_grid(hooks=("lstsq", "sgd"), counts=(100, 1000, 10000), finetune: bo
 
 def teacher_predictions(images: np.ndarray) -> np.ndarray:
     """The teacher's own top-1 on ``images``: onnxruntime on the committed ONNX, unoptimised."""
-    import onnxruntime as ort
+    from rebirth_tvm.frontend.reference import session as onnxruntime_session
+    from rebirth_tvm.frontend.zoo import build_model
 
-    from .models import build_model
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    options.log_severity_level = 3
-    session = ort.InferenceSession(build_model(MODEL).SerializeToString(), options, providers=["CPUExecutionProvider"])
-    return np.array([int(np.argmax(session.run(None, {"data": images[i:i + 1]})[0])) for i in range(len(images))])
+    session = onnxruntime_session(build_model(MODEL))  # unoptimised: the oracle
+    name = session.get_inputs()[0].name
+    return np.array([int(np.argmax(session.run(None, {name: images[i:i + 1]})[0])) for i in range(len(images))])
 
 
 def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarray, teacher: np.ndarray,
                 finetune_epochs: int = 2, log=print) -> dict:
     """Rebirth the teacher as ``variant`` says, build it for this machine, classify the test set."""
-    from .datasets import fashion_mnist
-    from .pipeline import RebirthOptions, compile_model
+    from rebirth_tvm.frontend.datasets import fashion_mnist
+    from rebirth_tvm.passes import count_sites
+    from rebirth_tvm.pipeline import RebirthOptions, compile_model
 
     streamline, branches = ABLATIONS[variant.ablation]
     images, labels = fashion_mnist("train")
     calib = (images[:variant.calib_images].astype(np.float32) / 255.0)[:, None]
     finetune = None
     if variant.finetune:
-        from .finetune import FinetuneOptions
+        from rebirth_tvm.relearn.finetune import FinetuneOptions
 
         # Only the part the pipeline relearns from: its held-out fifth must stay unseen.
         used = len(calib) - max(1, int(round(len(calib) * 0.2)))
@@ -111,15 +109,15 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
     seconds = time.perf_counter() - start
     fidelity = result.report["fidelity"]
     predictions = classify(result.built, test_images, f"{variant.name}: test set")
-    sites = [s for s in result.report["sites"] if not s["exact"]]
+    counts = count_sites(result.report["sites"])
     entry = {
         **asdict(variant), "name": variant.name,
         "reborn_top1": float(np.mean(predictions == test_labels)),
         "agreement": float(np.mean(predictions == teacher)),
         "seconds": round(fidelity["relearn_seconds"], 1),
         "pipeline_seconds": round(seconds, 1),
-        "relearned_sites": sum(1 for s in sites if s["status"] == "rewritten"),
-        "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
+        "relearned_sites": counts["relearned"],
+        "refused_sites": counts["refused_relearned"],
         "ops_after": result.report["ops_after"],
         "held_out_fidelity": {k: fidelity[k] for k in ("samples", "top1_agreement", "relative_logit_error") if k in fidelity},
     }
@@ -132,8 +130,8 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
 
 def experiment(variants: list[Variant], test_count: int | None = None, finetune_epochs: int = 2, log=print) -> dict:
     """Teacher accuracy and every variant's, on the first ``test_count`` test images (all by default)."""
-    from .datasets import as_inputs, fashion_mnist
-    from .pipeline import compile_model
+    from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
+    from rebirth_tvm.pipeline import compile_model
 
     images, labels = fashion_mnist("test")
     if test_count:
@@ -256,8 +254,8 @@ def main(argv=None) -> int:
 
 
 def _study(args) -> int:
-    from .bench import environment
-    from .targets import resolve_target
+    from rebirth_tvm.bench import environment
+    from rebirth_tvm.backend.targets import resolve_target
 
     if args.test_count is not None and args.test_count < 1:
         raise RebirthError(f"--test-count must be 1 or more, got {args.test_count}")
@@ -275,7 +273,7 @@ def _study(args) -> int:
         variants = default_grid(tuple(h.strip() for h in args.hooks.split(",") if h.strip()), counts, args.finetune, args.tucker)
     efficientnet = None
     if args.efficientnet:
-        from .efficientnet import check_exact_passes
+        from rebirth_tvm.efficientnet import check_exact_passes
 
         efficientnet = check_exact_passes()  # fails fast (no torch) before the long part
     start = time.perf_counter()

@@ -11,7 +11,7 @@ database, so none inherits another's trials):
 
 and two onnxruntime sessions (full graph optimisations, as a user would run it): the original
 ONNX and the reborn model exported to ONNX. All five are timed round-robin in one process
-(:func:`rebirth_tvm.measure.interleaved_latency`). Then, per TVM variant: the time per op
+(:func:`rebirth_tvm.backend.measure.interleaved_latency`). Then, per TVM variant: the time per op
 category, planned memory, peak RSS of the native runner, FLOPs and GFLOP/s against this machine's
 measured matmul peak. Results go to ``benchmarks/results/<target>/``: one JSON per model,
 ``report.md`` and PNG plots.
@@ -28,10 +28,12 @@ import tempfile
 import time
 
 import numpy as np
-import tvm
 
-from . import cli, measure
-from .errors import RebirthError
+from rebirth_tvm import cli
+
+from rebirth_tvm.backend import measure
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.pipeline import report as report_mod
 
 DEFAULT_MODELS = "googlenet,alexnet,resnet18,squeezenet1_1"
 ALIASES = {"squeezenet": "squeezenet1_0"}
@@ -58,60 +60,50 @@ def photo_calibration(count: int, seed: int = 0) -> str:
     return folder
 
 
-def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_db: str, calib, calib_count: int | None,
+def bench_model(name: str, target, tune_trials: int, tuning_db: str, calib, calib_count: int | None,
                 repeats: int, rebirth: bool = True, log=print, rpc=None, tucker: float | None = None, calib_preset: str | None = None) -> dict:
     """Build, time and measure every variant of one zoo model; returns its result dict.
 
-    With ``rpc`` (a :class:`~rebirth_tvm.remote.RpcDevice`) the TVM variants are tuned and timed
+    With ``rpc`` (a :class:`~rebirth_tvm.backend.remote.RpcDevice`) the TVM variants are tuned and timed
     on that device (onnxruntime, the op breakdown and RSS need this machine and are left out).
     """
-    from .build import build, build_tuned
-    from .export_onnx import to_onnx
-    from .models import MODELS
-    from .native import run_library
-    from .onnx_import import graph_inputs, import_onnx, random_inputs, read_onnx
-    from .pipeline import RebirthOptions, apply_passes, compile_model
-    from .targets import describe, is_cuda
+    from rebirth_tvm.backend.build import build, build_tuned
+    from rebirth_tvm.frontend.export_onnx import to_onnx
+    from rebirth_tvm.frontend.zoo import MODELS
+    from rebirth_tvm.backend.native import run_library
+    from rebirth_tvm.backend.targets import resolve_target
+    from rebirth_tvm.passes import count_sites
+    from rebirth_tvm.pipeline import stages
+    from rebirth_tvm.pipeline.options import CompileOptions, RebirthOptions
 
     if name not in MODELS:
         raise RebirthError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
-    onnx_model = read_onnx(name)
-    specs = graph_inputs(onnx_model, None)
-    inputs = random_inputs(specs, 0)
-    input_list = [inputs[s.name] for s in specs]
-    modules = {"original": import_onnx(onnx_model, specs)}
-    modules["exact"], _ = apply_passes(modules["original"], "exact")
+    # The stages this needs, no more: the variants' modules (no exact check, no output files).
+    job = stages.prepare(name, CompileOptions(target=resolve_target("x86"), seed=0))
+    input_list, inputs, specs, onnx_model = job.input_list, job.inputs, job.specs, job.onnx_model
+    modules = {"original": job.original, "exact": stages.rewrite_exact(job).module}
     result = {"model": name, "input_shape": list(specs[0].shape), "variants": {}}
-    if rebirth:
-        log(f"[{name}] relearning the reborn variant ...")
-        reborn = compile_model(name, target="x86", rebirth=RebirthOptions(calib=calib, calib_count=calib_count, preset=calib_preset))
-        modules["reborn"] = reborn.module
-        sites = reborn.report["sites"]
-        result["rebirth"] = {
-            "fidelity": {k: v for k, v in reborn.report["fidelity"].items() if k != "built"},
-            "relearned_sites": sum(1 for s in sites if s["status"] == "rewritten" and not s["exact"]),
-            "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
-            "ops_before": reborn.report["ops_before"], "ops_after": reborn.report["ops_after"],
-        }
-        if tucker:
-            log(f"[{name}] relearning the reborn + Tucker-2 (energy {tucker:g}) variant ...")
-            combined = compile_model(name, target="x86", rebirth=RebirthOptions(calib=calib, calib_count=calib_count, preset=calib_preset,
-                                                                                tucker=tucker))
-            modules["reborn_tucker"] = combined.module
-            sites = combined.report["sites"]
-            result["rebirth_tucker"] = {
-                "energy": tucker,
-                "fidelity": {k: v for k, v in combined.report["fidelity"].items() if k != "built"},
-                "relearned_sites": sum(1 for s in sites if s["status"] == "rewritten" and not s["exact"]),
-                "decomposed_sites": sum(1 for s in sites if s["pass_name"] == "TuckerDecompose" and s["status"] == "rewritten"),
-                "refused_sites": sum(1 for s in sites if s["status"] == "refused"),
-            }
+    variants = {"reborn": None, **({"reborn_tucker": tucker} if tucker else {})} if rebirth else {}
+    for variant, energy in variants.items():
+        log(f"[{name}] relearning the {variant.replace('_', ' + ')} variant" + (f" (energy {energy:g})" if energy else "") + " ...")
+        options = CompileOptions(target=resolve_target("x86"), seed=0,
+                                 rebirth=RebirthOptions(calib=calib, calib_count=calib_count, preset=calib_preset, tucker=energy))
+        relearned = stages.rewrite_relearned(stages.prepare(name, options))
+        modules[variant] = relearned.module
+        counts = count_sites(relearned.sites)
+        summary = {"fidelity": relearned.fidelity, "relearned_sites": counts["relearned"], "refused_sites": counts["refused"]}
+        if energy:
+            summary.update(energy=energy, decomposed_sites=count_sites([s for s in relearned.sites if s.pass_name == "TuckerDecompose"])["rewritten"])
+            result["rebirth_tucker"] = summary
+        else:
+            summary.update(ops_before=report_mod.op_counts(job.original), ops_after=report_mod.op_counts(relearned.module))
+            result["rebirth"] = summary
 
     executables, tuning = {}, {}
     for variant, module in modules.items():
         log(f"[{name}] building {variant}" + (f" with {tune_trials} tuning trials" if tune_trials else " (untuned)"))
         if tune_trials:
-            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, describe(target)["kind"], f"{name}-{variant}"),
+            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, target.tvm.kind.name, f"{name}-{variant}"),
                                       rpc=rpc)
             tuning[variant] = info
         else:
@@ -123,9 +115,9 @@ def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_d
         latency = measure.rpc_latency(executables, input_list, rpc, repeats=repeats)
         result["measured_on"] = f"RPC device {rpc}"
     local = rpc is None
-    device = tvm.cuda(0) if is_cuda(target) else tvm.cpu()
+    device = target.device()
     variants = [measure.tvm_variant(v, executables[v].executable, input_list, device) for v in modules] if local else []
-    if local and not is_cuda(target):
+    if local and not target.is_cuda:
         variants.append(measure.onnxruntime_variant("ort_original", onnx_model, inputs))
         if "reborn" in modules:
             reborn_onnx = to_onnx(modules["reborn"], name=name)
@@ -140,7 +132,7 @@ def bench_model(name: str, target: tvm.target.Target, tune_trials: int, tuning_d
         entry = {"latency_ms": latency[variant], "flops": measure.flops(module)}
         entry.update(measure.planned_memory(module, target))
         entry["gflops_per_second"] = entry["flops"] / (latency[variant]["median"] * 1e-3) / 1e9
-        if local and not is_cuda(target):
+        if local and not target.is_cuda:
             entry["breakdown"] = measure.time_breakdown(executables[variant].executable, input_list, device=device)
             try:
                 with tempfile.TemporaryDirectory() as work:
@@ -187,9 +179,7 @@ def environment(target, tune_trials: int) -> dict:
             versions[package] = md.version(package)
         except md.PackageNotFoundError:
             versions[package] = None
-    from .targets import describe
-
-    return {"cpu": measure.cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(), "target": describe(target),
+    return {"cpu": measure.cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(), "target": target.describe(),
             "tune_trials": tune_trials, "versions": versions, "date": datetime.date.today().isoformat(),
             "matmul_peak": measure.matmul_peak_gflops()}
 
@@ -215,8 +205,8 @@ def main(argv=None) -> int:
 
 
 def _bench(args) -> int:
-    from . import bench_report
-    from .targets import resolve_target
+    from rebirth_tvm import bench_report
+    from rebirth_tvm.backend.targets import resolve_target
 
     if args.repeats < 1:
         raise RebirthError(f"--repeats must be 1 or more, got {args.repeats}")
@@ -228,22 +218,19 @@ def _bench(args) -> int:
         raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {args.tucker}")
     photos = None
     try:
-        from .remote import RpcDevice
-        from .targets import is_aarch64, is_cuda, runs_here
-
+        from rebirth_tvm.backend.remote import RpcDevice
         target = resolve_target(args.target, args.cpu)
         rpc = RpcDevice.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
-        if rpc is None and not runs_here(target):
+        if rpc is None and not target.runs_here:
             raise RebirthError(f"{args.target} latency can only be measured on that device (a GPU in this machine, or a board "
                                "over RPC: --rpc-tracker HOST:PORT --rpc-key KEY); emulated or estimated numbers are never reported as measured")
         if rpc is not None:
             rpc.session()  # an unreachable device fails now, not after relearning
         models = [ALIASES.get(m.strip(), m.strip()) for m in args.models.split(",") if m.strip()]
-        from .models import MODELS
+        from rebirth_tvm.frontend.zoo import MODELS
 
         photos = photo_calibration(args.calib_count) if args.calib == "photos" and not args.skip_rebirth else None
-        label = "arm" if is_aarch64(target) else "cuda" if is_cuda(target) else "x86"
-        out_dir = os.path.join(args.out, label)
+        out_dir = os.path.join(args.out, target.name)
         env = environment(target, args.tune_trials)
         results = []
         for name in models:

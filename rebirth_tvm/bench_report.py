@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 
-from .measure import CATEGORIES
+from rebirth_tvm.backend.measure import CATEGORIES
 
 VARIANT_LABELS = {"original": "TVM original", "exact": "TVM exact", "reborn": "TVM reborn", "reborn_tucker": "TVM reborn+Tucker",
                   "ort_original": "ORT original", "ort_reborn": "ORT reborn"}

@@ -1,6 +1,6 @@
 """``python -m rebirth_tvm.compile``: compile a model with the rebirth passes and report.
 
-One command, one function behind it (:func:`rebirth_tvm.pipeline.compile_model`); after the run it
+One command, one function behind it (:func:`rebirth_tvm.pipeline.compile.compile_model`); after the run it
 prints each op's count before and after and the check against onnxruntime.
 """
 
@@ -11,21 +11,23 @@ import sys
 import time
 from typing import Any
 
-from . import cli
-from . import report as report_mod
-from .errors import RebirthError
-from .output import OutputPlan
-from .pipeline import PASS_SETS, RebirthOptions, compile_model, parse_shape, write_result
-from .remote import RpcDevice
-from .targets import TARGETS
+from rebirth_tvm import cli
+from rebirth_tvm.pipeline import report as report_mod
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.pipeline.output import OutputPlan
+from rebirth_tvm.backend.remote import RpcDevice
+from rebirth_tvm.backend.targets import TARGETS, label_of, resolve_target
+from rebirth_tvm.passes import count_sites
+from rebirth_tvm.pipeline.compile import run
+from rebirth_tvm.pipeline.options import PASS_SETS, CompileOptions, RebirthOptions, TuningOptions
+from rebirth_tvm.pipeline.result import write_result
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     before, after = report["ops_before"], report["ops_after"]
     lines = [report_mod.op_table(before, after), ""]
-    rewritten = sum(1 for s in report["sites"] if s["status"] == "rewritten")
-    refused = sum(1 for s in report["sites"] if s["status"] == "refused")
-    lines.append(f"sites: {rewritten} rewritten, {refused} refused (reasons in report.md)")
+    counts = count_sites(report["sites"])
+    lines.append(f"sites: {counts['rewritten']} rewritten, {counts['refused']} refused (reasons in report.md)")
     lines.append(
         f"check vs {report['check']['reference']}: max abs diff {report['max_abs_diff']:.3g}, "
         f"max rel diff {report['max_rel_diff']:.3g} (tolerance {report['check']['tolerance']:g}) "
@@ -40,7 +42,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             f"relative logit error {fidelity.get('relative_logit_error', float('nan')):.3g}; relearned in {fidelity['relearn_seconds']:.1f} s"
         )
     if not report["check"]["target_binary_run"] and "verification" not in report:
-        lines.append(f"the {report_mod.target_label(report['target'])} library itself was not run here; the check ran an x86 build of the same module")
+        lines.append(f"the {label_of(report['target'])} library itself was not run here; the check ran an x86 build of the same module")
     cuda = report.get("cuda_kernels")
     if cuda:
         lines.append(f"CUDA kernels: compiled with nvcc for {cuda['arch']} ({cuda['ptx_bytes']:,} bytes of PTX)" if cuda["compiled"] else f"CUDA kernels: {cuda['reason']}")
@@ -76,7 +78,7 @@ def json_target(target: dict) -> str:
 
 
 def make_parser() -> cli.ArgumentParser:
-    from .models import MODELS
+    from rebirth_tvm.frontend.zoo import MODELS
 
     parser = cli.ArgumentParser(
         prog="python -m rebirth_tvm.compile",
@@ -126,48 +128,21 @@ def make_parser() -> cli.ArgumentParser:
     return parser
 
 
-def _check_arguments(args) -> None:
-    """Every value is checked where it enters, before any work."""
-    if args.seed < 0:
-        raise RebirthError(f"--seed must be 0 or more, got {args.seed}")
-    if args.tune_trials < 0:
-        raise RebirthError(f"--tune-trials must be 0 or more, got {args.tune_trials}")
-    if args.calib_count is not None and args.calib_count < 1:
-        raise RebirthError(f"--calib-count must be 1 or more, got {args.calib_count}")
-    if args.max_site_error is not None and not args.max_site_error > 0:
-        raise RebirthError(f"--max-site-error must be above 0, got {args.max_site_error}")
-    if args.tuning_db is not None and os.path.lexists(args.tuning_db) and not os.path.isdir(args.tuning_db):
-        raise RebirthError(f"--tuning-db {args.tuning_db} is a file; it must be a directory (created if missing)")
-    if args.tuning_db is not None and not args.tuning_db.strip():
-        raise RebirthError("--tuning-db is empty: name a directory")
-
-
 def main(argv=None) -> int:
     return cli.main(make_parser(), argv, _compile, interrupted_note="; nothing was written")
 
 
 def _compile(args) -> int:
     start = time.perf_counter()
-    _check_arguments(args)
+    # Every value is checked where it enters (the option classes), before any work.
     rebirth = None
     if args.rebirth:
-        if not args.calib:
-            raise RebirthError("--rebirth needs --calib (a folder of images, an .npy file, 'fashion-mnist' or 'random')")
-        sites = "all" if args.sites == "all" else [s.strip() for s in args.sites.split(",") if s.strip()]
-        branches = () if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip())
-        if set(branches) - {"pool", "reduce"}:
-            raise RebirthError(f"--branches {args.branches!r}: use pool, reduce, pool,reduce or none")
-        if args.no_streamline and not branches and args.tucker is None:
-            raise RebirthError("--no-streamline with --branches none leaves nothing to relearn")
-        if args.tucker is not None and not 0 < args.tucker <= 1:
-            raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {args.tucker}")
-        if not 0 <= args.select_margin < 1:
-            raise RebirthError(f"--select-margin must be in [0, 1), got {args.select_margin}")
-        rebirth = RebirthOptions(calib=args.calib, hook=args.hook, sites=sites, pool_kernel=args.pool_kernel,
-                                 branches=branches, allow_more_work=args.allow_more_work,
-                                 preset=args.preset, calib_count=args.calib_count, streamline=not args.no_streamline,
-                                 select=args.select, select_margin=args.select_margin, tucker=args.tucker,
-                                 max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
+        rebirth = RebirthOptions(
+            calib=args.calib, hook=args.hook, sites=_sites(args.sites), pool_kernel=args.pool_kernel,
+            branches=() if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip()),
+            allow_more_work=args.allow_more_work, preset=args.preset, calib_count=args.calib_count,
+            streamline=not args.no_streamline, select=args.select, select_margin=args.select_margin, tucker=args.tucker,
+            max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
     else:
         given = [flag for flag, value in (("--calib", args.calib), ("--tucker", args.tucker), ("--max-site-error", args.max_site_error),
                                           ("--refit-classifier", args.refit_classifier), ("--no-streamline", args.no_streamline),
@@ -178,23 +153,21 @@ def _compile(args) -> int:
         raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
     if args.rpc_tracker and not args.tune_trials and args.verify != "rpc" and args.select != "latency":
         raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N), --verify rpc and --select latency; none was asked for")
-    if args.max_trials_per_task is not None and args.max_trials_per_task < 1:
-        raise RebirthError(f"--max-trials-per-task must be 1 or more, got {args.max_trials_per_task}")
+    tuning = TuningOptions(args.tune_trials, args.tuning_db, args.max_trials_per_task)
     # Where the result goes is checked first: a bad --out fails now, not after the compile.
     plan = OutputPlan.check(args.out, force=args.force, onnx_path=args.save_onnx,
                             model_path=args.model if os.path.isfile(args.model) else None)
+    if args.tune_trials and not args.tuning_db:
+        tuning = TuningOptions(args.tune_trials, os.path.join(os.path.dirname(plan.out_dir), "tuning-db"), args.max_trials_per_task)
     rpc = None
     if args.rpc_tracker:
         rpc = RpcDevice.parse(args.rpc_tracker, args.rpc_key)
         rpc.check_reachable()
-    result = compile_model(
-        args.model, target=args.target, passes=args.passes, input_shape=parse_shape(args.input_shape),
-        cpu=args.cpu, allow_kernel_padding=args.allow_kernel_padding,
-        merge_parallel=not args.skip_merge_parallel, seed=args.seed, rebirth=rebirth, arch=args.arch,
-        tune_trials=args.tune_trials, max_trials_per_task=args.max_trials_per_task, rpc=rpc,
-        verify=args.verify, runner=args.runner, evaluate=args.evaluate,
-        tuning_db=args.tuning_db or (os.path.join(os.path.dirname(plan.out_dir), "tuning-db") if args.tune_trials else None),
-    )
+    options = CompileOptions(
+        target=resolve_target(args.target, args.cpu, args.arch), passes=args.passes, input_shape=parse_shape(args.input_shape),
+        allow_kernel_padding=args.allow_kernel_padding, merge_parallel=not args.skip_merge_parallel, seed=args.seed,
+        rebirth=rebirth, tuning=tuning, rpc=rpc, verify=args.verify, runner=args.runner, evaluate=args.evaluate)
+    result = run(args.model, options)
 
     def announce(names):  # runs right after the commit: from there on a Ctrl-C changes nothing
         print("\n".join(summary_lines(result.report)))
@@ -204,6 +177,33 @@ def _compile(args) -> int:
 
     write_result(result, plan, announce=announce)
     return cli.EXIT_OK
+
+
+def _sites(text: str):
+    return "all" if text == "all" else [s.strip() for s in text.split(",") if s.strip()]
+
+
+def parse_shape(text: str | None):
+    """``"1,3,224,224"`` → a tuple; ``"data=1,3,224,224;mask=1,10"`` → ``{name: tuple}``."""
+    if text is None:
+        return None
+
+    def dims(part: str):
+        try:
+            values = tuple(int(d) for d in part.replace("x", ",").split(",") if d.strip())
+        except ValueError:
+            raise RebirthError(f"--input-shape {text!r}: dimensions must be integers like 1,3,224,224") from None
+        if not values:
+            raise RebirthError(f"--input-shape {text!r} is empty")
+        return values
+
+    if "=" in text:
+        shapes = {}
+        for part in text.split(";"):
+            name, _, value = part.partition("=")
+            shapes[name.strip()] = dims(value)
+        return shapes
+    return dims(text)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import tempfile
 
 import numpy as np
 
-from .errors import RebirthError
+from rebirth_tvm.core.errors import RebirthError
 
 INPUT_SHAPE = (1, 3, 224, 224)
 PRESET = "efficientnet-lite"
@@ -76,9 +76,9 @@ def check_exact_passes() -> dict:
     """Original (onnxruntime, unoptimised) vs our exact passes (TVM) on the sample photos."""
     from PIL import Image
 
-    from .calibration import preprocess_image
-    from .pipeline import compile_model
-    from .reference import onnxruntime_outputs
+    from rebirth_tvm.relearn.calibration import preprocess_image
+    from rebirth_tvm.pipeline import compile_model
+    from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
     _require()
     with tempfile.TemporaryDirectory() as work:

@@ -14,7 +14,7 @@ in minutes) and ReLU; the exported ONNX keeps BN as BatchNormalization, so the e
 have real statistics to fold. The LRNs are BVLC's (size 5, α 1e-4, β 0.75).
 
 Training needs PyTorch (``pip install -e '.[train]'``); nothing else in rebirth-tvm does. The
-committed ``rebirth_tvm/models/fashion_googlenet.onnx`` came from the default arguments:
+committed ``rebirth_tvm/frontend/zoo/fashion_googlenet.onnx`` came from the default arguments:
 tests, tutorials and the accuracy benchmark use that file and never retrain.
 """
 
@@ -27,8 +27,8 @@ import time
 
 import numpy as np
 
-from .datasets import as_inputs, fashion_mnist
-from .errors import RebirthError
+from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
+from rebirth_tvm.core.errors import RebirthError
 
 #: Inception widths: (1×1, 3×3 reduce, 3×3, 5×5 reduce, 5×5, pool projection).
 INCEPTION = {
@@ -38,7 +38,7 @@ INCEPTION = {
     "inception_4b": (144, (48, 32, 64, 12, 24, 24)),
     "inception_5a": (160, (64, 48, 96, 16, 32, 32)),
 }
-DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", "fashion_googlenet.onnx")
+DEFAULT_OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "frontend", "zoo", "fashion_googlenet.onnx")
 
 
 def _torch():
@@ -178,7 +178,7 @@ def export_onnx(model, path: str) -> None:
     torch = _torch()
     import onnx
 
-    from .pipeline import _save_atomically
+    from rebirth_tvm.frontend.export_onnx import save_atomically
 
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = path + ".tmp"
@@ -187,7 +187,7 @@ def export_onnx(model, path: str) -> None:
     exported = _without_identities(onnx.load(temporary))
     os.unlink(temporary)
     exported.producer_name = "rebirth_tvm.train_teacher"
-    _save_atomically(exported, path)
+    save_atomically(exported, path)
 
 
 def _without_identities(model):
@@ -207,7 +207,7 @@ def _without_identities(model):
 
 
 def main(argv=None) -> int:
-    from . import cli
+    from rebirth_tvm import cli
 
     parser = cli.ArgumentParser(prog="python -m rebirth_tvm.train_teacher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=8)

@@ -25,7 +25,7 @@ def photos(folder, count=24, size=96, seed=0):
 
 def photo_batch(folder, shape, count=24, seed=0):
     """``count`` preprocessed photos for a model taking ``shape`` (N, C, H, W): (count, C, H, W)."""
-    from rebirth_tvm.calibration import load_calibration
+    from rebirth_tvm.relearn.calibration import load_calibration
 
     calib = load_calibration(photos(folder, count, seed=seed), shape)
     return np.concatenate([calib.train, calib.held_out])
@@ -33,7 +33,7 @@ def photo_batch(folder, shape, count=24, seed=0):
 
 def original_outputs(model, images) -> np.ndarray:
     """onnxruntime's outputs of the original ONNX ``model`` (input ``x``), one image at a time."""
-    from rebirth_tvm.reference import onnxruntime_outputs
+    from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
     return np.concatenate([onnxruntime_outputs(model, {"x": x[None]})[0] for x in images])
 

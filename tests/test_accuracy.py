@@ -13,7 +13,7 @@ import json
 import pytest
 
 from rebirth_tvm.accuracy import Variant, default_grid, markdown, parse_variant, plot
-from rebirth_tvm.errors import RebirthError
+from rebirth_tvm.core.errors import RebirthError
 
 TEST_IMAGES, CALIB_IMAGES, BOUND_POINTS, MIN_AGREEMENT = 500, 300, 6.0, 0.90
 

@@ -41,7 +41,7 @@ def test_compile_writes_library_and_reports(tmp_path, cli):
     # The library loads in a plain TVM VM and gives the onnxruntime answer.
     vm = relax.VirtualMachine(tvm.runtime.load_module(str(out / "model.so")), tvm.cpu())
     x = np.random.default_rng(5).standard_normal((1, 3, 16, 16)).astype("float32")
-    from rebirth_tvm.reference import onnxruntime_outputs
+    from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
     ref = onnxruntime_outputs(tiny_cnn(), {"x": x})[0]
     assert np.max(np.abs(vm["main"](tvm.runtime.tensor(x)).numpy() - ref)) <= 1e-5 * np.max(np.abs(ref))

@@ -6,9 +6,9 @@ import os
 import numpy as np
 import pytest
 
-from rebirth_tvm.calibration import load_calibration
-from rebirth_tvm.datasets import FASHION_MNIST_DIR, VALIDATION_SIZE, as_inputs, fashion_mnist, fashion_mnist_inputs, read_idx
-from rebirth_tvm.errors import RebirthError
+from rebirth_tvm.relearn.calibration import load_calibration
+from rebirth_tvm.frontend.datasets import FASHION_MNIST_DIR, VALIDATION_SIZE, as_inputs, fashion_mnist, fashion_mnist_inputs, read_idx
+from rebirth_tvm.core.errors import RebirthError
 
 INSTALL = "apt-get install dataset-fashion-mnist"
 

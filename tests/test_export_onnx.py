@@ -9,10 +9,10 @@ from onnx_builders import stem
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
-from rebirth_tvm.export_onnx import to_onnx
-from rebirth_tvm.models import MODELS, build_model
+from rebirth_tvm.frontend.export_onnx import to_onnx
+from rebirth_tvm.frontend.zoo import MODELS, build_model
 from rebirth_tvm.passes import exact_pipeline
-from rebirth_tvm.reference import onnxruntime_outputs
+from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
 
 
@@ -61,7 +61,7 @@ def test_googlenet_full_rebirth_structure():
     """Every variant on: no LRN, no inception pool branch, and (with pool3/pool4 distributed into
     the branches and merged there) no max pool at all; every rebirth site was rewritten."""
     from rebirth_tvm.passes import DistributePoolOverConcat, Rebirth, record_sites
-    from rebirth_tvm.report import op_counts
+    from rebirth_tvm.pipeline.report import op_counts
 
     mod = rebirth_tvm.load("googlenet")
     # Structure does not depend on the weights' values: keep each site's initial weights (fast,

@@ -9,8 +9,8 @@ import pytest
 import tvm
 from tvm import relax
 
-from rebirth_tvm.errors import RebirthError
-from rebirth_tvm.finetune import FinetuneOptions, _loss_module, _register_missing_gradients, finetune, lift_weights
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.relearn.finetune import FinetuneOptions, _loss_module, _register_missing_gradients, finetune, lift_weights
 
 
 def small_classifier(dtype="float64", seed=0):

@@ -16,9 +16,12 @@ from test_merge_conv_pool import calib as conv_pool_calibration
 from test_merge_conv_pool import conv_pool
 from test_tucker import two_convs
 
-from rebirth_tvm import measure, pipeline
+from rebirth_tvm import pipeline
+from rebirth_tvm.pipeline import stages
+
+from rebirth_tvm.backend import measure
 from rebirth_tvm.compile import main as compile_main
-from rebirth_tvm.errors import CheckFailed
+from rebirth_tvm.core.errors import CheckFailed
 from rebirth_tvm.passes import MergeConvPool
 
 
@@ -216,7 +219,7 @@ def test_select_latency_keeps_a_merge_that_is_clearly_faster_with_real_timings(t
 # -- the tuned check's failure path ------------------------------------------------------------------
 
 def test_a_tuned_build_that_differs_from_the_untuned_one_is_refused(tmp_path, monkeypatch):
-    real = pipeline.build_tuned
+    real = stages.build_tuned
 
     class Off:
         """A tuned build whose outputs are 1e-3 of their scale off (ten times the tolerance)."""
@@ -231,7 +234,7 @@ def test_a_tuned_build_that_differs_from_the_untuned_one_is_refused(tmp_path, mo
             out = self.built.run(inputs)
             return out + 1e-3 * np.abs(out).max()
 
-    monkeypatch.setattr(pipeline, "build_tuned", lambda *a, **k: (lambda built, info: (Off(built), info))(*real(*a, **k)))
+    monkeypatch.setattr(stages, "build_tuned", lambda *a, **k: (lambda built, info: (Off(built), info))(*real(*a, **k)))
     # tune_trials 0 with a database: the tuned build is made (from the empty database) without tuning.
     with pytest.raises(CheckFailed, match="the tuned build differs from the untuned one by 0.001"):
         pipeline.compile_model(tiny_cnn(), target="x86", tune_trials=0, tuning_db=str(tmp_path / "db"))

@@ -5,8 +5,8 @@ import pytest
 from relax_builders import module, run
 from tvm import relax
 
-from rebirth_tvm.errors import RebirthError
-from rebirth_tvm.hooks import ConvGeometry, LeastSquaresHook, RetrainSite, SGDHook, conv2d_numpy, resolve_hook
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.relearn.hooks import ConvGeometry, LeastSquaresHook, RetrainSite, SGDHook, conv2d_numpy, resolve_hook
 
 
 @pytest.mark.parametrize("kernel, stride, padding", [

@@ -9,7 +9,7 @@ from relax_builders import count_ops
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
-from rebirth_tvm.report import op_counts
+from rebirth_tvm.pipeline.report import op_counts
 
 
 def binding_names(mod):
@@ -83,7 +83,7 @@ def test_too_old_opset_is_refused():
 
 
 def test_build_and_run_match_onnxruntime():
-    from rebirth_tvm.reference import onnxruntime_outputs
+    from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
     model = tiny_cnn()
     built = rebirth_tvm.build(rebirth_tvm.load(model), target="x86")
@@ -121,8 +121,8 @@ def torch_style_padded_model():
 
 
 def test_computed_pads_are_folded_before_import():
-    from rebirth_tvm.onnx_import import fold_constant_subgraphs
-    from rebirth_tvm.reference import onnxruntime_outputs
+    from rebirth_tvm.frontend.onnx_import import fold_constant_subgraphs
+    from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
     model = torch_style_padded_model()
     folded = fold_constant_subgraphs(model)

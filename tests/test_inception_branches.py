@@ -8,7 +8,7 @@ from relax_builders import count_ops, rel_err, run
 
 import rebirth_tvm
 from rebirth_tvm.passes import DistributePoolOverConcat, MergeInceptionBranches, StreamlineMerge
-from rebirth_tvm.reference import onnxruntime_outputs
+from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
 
 def calibration(n=24, seed=0):

@@ -12,8 +12,8 @@ import pytest
 from onnx_builders import tiny_cnn
 
 import rebirth_tvm
-from rebirth_tvm import measure
-from rebirth_tvm.targets import resolve_target
+from rebirth_tvm.backend import measure
+from rebirth_tvm.backend.targets import resolve_target
 
 
 @pytest.mark.parametrize("kernel, category", [

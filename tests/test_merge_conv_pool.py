@@ -6,7 +6,7 @@ from photos import photo_batch
 from relax_builders import conv, conv_weights, count_ops, module, rel_err, rng, run
 from tvm import relax
 
-from rebirth_tvm.hooks import conv2d_numpy
+from rebirth_tvm.relearn.hooks import conv2d_numpy
 from rebirth_tvm.passes import MergeConvPool
 
 SHAPE = (1, 3, 16, 16)
@@ -37,7 +37,7 @@ def calib(n=24, seed=3):
 
 def test_conv_then_avg_pool_is_recovered_exactly():
     before = conv_pool("avg")
-    merge = MergeConvPool(calib(), hook="lstsq", kernel="cover")
+    merge = MergeConvPool(calib(), hook="lstsq", pool_kernel="cover")
     after = merge(before)
     assert count_ops(after, "relax.nn.avg_pool2d") == 0 and count_ops(after, "relax.nn.conv2d") == 1
     site = merge.sites[0]
@@ -52,7 +52,7 @@ def test_conv_then_avg_pool_is_recovered_exactly():
 def test_relu_max_pool_ceil_mode_keeps_shape_and_relearning_improves(kernel, tmp_path):
     before = conv_pool("max", relu=True, pool_kw=dict(pool_size=3, strides=2, ceil_mode=True), conv_kw=dict(k=3, pad=1))
     # Photos: on standard-normal noise a max pool is learned barely better than a constant.
-    merge = MergeConvPool(photo_batch(tmp_path / "img", SHAPE, count=30), kernel=kernel)
+    merge = MergeConvPool(photo_batch(tmp_path / "img", SHAPE, count=30), pool_kernel=kernel)
     after = merge(before)
     assert count_ops(after, "relax.nn.max_pool2d") == 0
     assert count_ops(after, "relax.nn.relu") == 1

@@ -21,7 +21,7 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper, shape_inference
 
-from rebirth_tvm.models import MODELS, ModelSpec, build_model, list_models
+from rebirth_tvm.frontend.zoo import MODELS, ModelSpec, build_model, list_models
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The architectures with seeded random weights; the trained Fashion-MNIST teacher has its own tests.
@@ -362,7 +362,7 @@ def test_fashion_teacher_signature_and_ops():
 
 def test_fashion_teacher_is_trained():
     """The committed teacher classifies real Fashion-MNIST test images (>= 90% on 1,000 of them)."""
-    from rebirth_tvm.datasets import as_inputs, fashion_mnist
+    from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
 
     images, labels = fashion_mnist("test")
     session = _ort_session(build_model("fashion_googlenet"))

@@ -17,7 +17,7 @@ from onnx_builders import tiny_cnn
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
-from rebirth_tvm import native
+from rebirth_tvm.backend import native
 from rebirth_tvm.compile import main as compile_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

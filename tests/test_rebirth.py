@@ -12,7 +12,7 @@ from relax_builders import count_ops
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
-from rebirth_tvm.calibration import load_calibration
+from rebirth_tvm.relearn.calibration import load_calibration
 from rebirth_tvm.compile import main as compile_main
 from rebirth_tvm.passes import StreamlineMerge
 

@@ -9,7 +9,7 @@ from onnx_builders import stem, tiny_cnn
 
 import rebirth_tvm
 from rebirth_tvm.passes import RefitClassifier, StreamlineMerge, exact_pipeline
-from rebirth_tvm.reference import onnxruntime_outputs
+from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
 
 def photo_batch(count, size=32, seed=0):
@@ -42,8 +42,8 @@ def test_original_targets_stop_errors_compounding():
     # reborn network's activations ("block") lets the errors compound until the logits are noise
     # (measured: relative logit error 1.0, 14% top-1); mapping them to the ORIGINAL network's
     # values ("original", the default) makes every site correct the drift below it (0.21, 83%).
-    from rebirth_tvm.datasets import as_inputs, fashion_mnist
-    from rebirth_tvm.models import build_model
+    from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
+    from rebirth_tvm.frontend.zoo import build_model
     from rebirth_tvm.passes import DistributePoolOverConcat, Rebirth
 
     model = build_model("fashion_googlenet")

@@ -24,9 +24,9 @@ from onnx_builders import stem, tiny_cnn
 from rebirth_tvm import cli
 from rebirth_tvm.cli import EXIT_BAD_INPUT
 from rebirth_tvm.compile import main as compile_main
-from rebirth_tvm.errors import RebirthError
-from rebirth_tvm.report import output_difference
-from rebirth_tvm.tolerance import exact_tolerance, longest_reduction
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.core.compare import output_difference
+from rebirth_tvm.core.tolerance import exact_tolerance, longest_reduction
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -355,11 +355,11 @@ def test_debug_adds_the_traceback_after_the_line(tmp_path, capfd):
 
 
 def test_a_failed_exact_check_has_its_own_exit_code(tmp_path, capfd, monkeypatch):
-    from rebirth_tvm import pipeline
+    from rebirth_tvm.pipeline import stages
 
-    real = pipeline.onnxruntime_outputs
+    real = stages.onnxruntime_outputs
     # A reference 2e-4 away from what the rewrite computes: twice the float32 tolerance.
-    monkeypatch.setattr(pipeline, "onnxruntime_outputs", lambda model, inputs: [o * (1 + 2e-4) for o in real(model, inputs)])
+    monkeypatch.setattr(stages, "onnxruntime_outputs", lambda model, inputs: [o * (1 + 2e-4) for o in real(model, inputs)])
     code, _, lines = run_cli(capfd, "--model", _save(tmp_path, "t.onnx", tiny_cnn()), "--out", tmp_path / "out")
     assert code == cli.EXIT_CHECK_FAILED
     assert_one_error_line(lines, "differs from onnxruntime by 0.0002 (relative), above the tolerance 0.0001")
@@ -380,7 +380,7 @@ def test_unexpected_failures_are_one_line_too(monkeypatch, capfd):
     ("accuracy", ["--calib-counts", "0"], "each count must be 1 or more"),
     ("accuracy", ["--test-count", "0"], "--test-count must be 1 or more, got 0"),
     ("accuracy", ["--finetune-epochs", "0"], "--finetune-epochs must be 1 or more, got 0"),
-    ("models.__main__", ["--export", "squeezenet1_1", "{out}/m.onnx", "--seed", "-1"], "--seed must be 0 or more, got -1"),
+    ("models", ["--export", "squeezenet1_1", "{out}/m.onnx", "--seed", "-1"], "--seed must be 0 or more, got -1"),
     ("train_teacher", ["--epochs", "0", "--out", "{out}/t.onnx"], "--epochs and --batch must be 1 or more"),
     ("compile", ["--model", "squeezenet1_1", "--force", "--out", "{file}"], "is an existing file, not a directory"),
 ])
@@ -399,7 +399,7 @@ def test_every_command_refuses_bad_values_in_one_line(tmp_path, cli, module, arg
 
 def test_bench_and_models_share_the_convention(tmp_path, capfd, monkeypatch):
     from rebirth_tvm import bench
-    from rebirth_tvm.models.__main__ import main as models_main
+    from rebirth_tvm.models import main as models_main
 
     assert bench.main(["--repeats", "0"]) == cli.EXIT_BAD_INPUT
     assert capfd.readouterr().err.strip() == "error: --repeats must be 1 or more, got 0"
@@ -436,7 +436,7 @@ def test_tolerance_follows_the_dtype_and_the_longest_sum_and_stays_capped():
     assert exact_tolerance(["float32"], 4096, ["float16"]) == pytest.approx(4 * np.finfo(np.float16).eps)
     # Never so wide that a real change passes, whatever the dtype and the sums.
     assert exact_tolerance(["float16"], 25088) == exact_tolerance(["bfloat16"], 4096) == 1e-2
-    from rebirth_tvm.onnx_import import load
+    from rebirth_tvm.frontend.onnx_import import load
 
     assert longest_reduction(load(stem())) == 8 * 3 * 3  # conv2's 8 input channels × 3×3
     assert longest_reduction(load(tiny_cnn())) == 3 * 3 * 3

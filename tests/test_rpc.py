@@ -16,7 +16,7 @@ from onnx_builders import tiny_cnn
 
 from rebirth_tvm import RebirthError
 from rebirth_tvm.compile import main as compile_main
-from rebirth_tvm.remote import RpcDevice
+from rebirth_tvm.backend.remote import RpcDevice
 
 
 def _free_port() -> int:

@@ -8,8 +8,10 @@ import pytest
 from test_tucker import two_convs
 
 import rebirth_tvm
-from rebirth_tvm import RebirthError, measure
-from rebirth_tvm.passes import LatencySelector, TuckerDecompose
+from rebirth_tvm import RebirthError
+from rebirth_tvm.backend import measure
+from rebirth_tvm.backend.site_latency import LatencySelector
+from rebirth_tvm.passes import TuckerDecompose
 from rebirth_tvm.passes._select import block_bindings
 
 
@@ -34,7 +36,7 @@ def test_decision_follows_the_measurement_and_the_margin(monkeypatch, before, af
         assert site.status == ("rewritten" if kept else "refused")
         if not kept:
             assert site.reason.startswith("declined by latency") and f"{after / before - 1:+.0%}" in site.reason
-    convs = rebirth_tvm.report.op_counts(out)["relax.nn.conv2d"]
+    convs = rebirth_tvm.pipeline.report.op_counts(out)["relax.nn.conv2d"]
     assert convs == (6 if kept else 2)  # declined sites are left exactly as they were
 
 

@@ -10,7 +10,7 @@ from relax_builders import count_ops
 import rebirth_tvm
 from rebirth_tvm.passes import MergeConvLRN, StreamlineMerge, record_sites
 from rebirth_tvm.passes.merge_conv_lrn import lrn_numpy
-from rebirth_tvm.reference import onnxruntime_outputs
+from rebirth_tvm.frontend.reference import onnxruntime_outputs
 
 LRN_OPS = ("relax.nn.avg_pool3d", "relax.power", "relax.squeeze", "relax.expand_dims")
 
@@ -51,7 +51,7 @@ def test_streamline_collapses_both_stem_chains(tmp_path):
     model = stem()
     mod = rebirth_tvm.load(model)
     images = photo_batch(tmp_path / "img", (1, 3, 32, 32), count=48)
-    merge = StreamlineMerge(images[:40], kernel="cover")
+    merge = StreamlineMerge(images[:40], pool_kernel="cover")
     with record_sites() as outer:
         after = merge(mod)
     for op in LRN_OPS + ("relax.nn.max_pool2d",):
@@ -71,7 +71,7 @@ def test_streamline_collapses_both_stem_chains(tmp_path):
     assert all(not site.exact for site in rewritten.values())
     # End to end on photos no site saw: the relearned stem is closer to the original than the
     # same merges with their initial weights, and than a constant (each channel's mean output).
-    untrained = StreamlineMerge(images[:40], kernel="cover", hook=lambda site: (site.init_weight, site.init_bias))(mod)
+    untrained = StreamlineMerge(images[:40], pool_kernel="cover", hook=lambda site: (site.init_weight, site.init_bias))(mod)
     held, seen = images[40:], images[:40]
     refs = original_outputs(model, held)
     errors = {"constant": channel_mean_error(original_outputs(model, seen), refs)}
@@ -135,7 +135,7 @@ def test_the_constant_baseline_is_each_channels_training_mean():
     """fidelity_channel_mean, checked against the definition computed here (after the ReLU too)."""
     from photos import channel_mean_error
 
-    from rebirth_tvm.passes._relearn import channel_mean_fidelity
+    from rebirth_tvm.relearn.driver import channel_mean_fidelity
 
     rng = np.random.default_rng(0)
     train = rng.normal(0.5, 1.0, (12, 4, 5, 5)) + np.arange(4).reshape(1, 4, 1, 1)

@@ -13,7 +13,7 @@ from onnx_builders import tiny_cnn
 
 import rebirth_tvm
 from rebirth_tvm import RebirthError
-from rebirth_tvm.targets import cuda_available, describe, resolve_target
+from rebirth_tvm.backend.targets import cuda_available, resolve_target
 
 HAS_CROSS = shutil.which("aarch64-linux-gnu-g++") is not None
 # CI installs the cross compiler (.ci/run); only a developer machine without it may skip.
@@ -31,9 +31,9 @@ def elf_machine(path) -> int:
 
 
 def test_target_presets():
-    assert describe(resolve_target("arm", cpu="cortex-a72")) == {"kind": "llvm", "mcpu": "cortex-a72", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
-    assert describe(resolve_target("cuda", arch="sm_90"))["arch"] == "sm_90"
-    assert describe(resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}'))["mtriple"] == "aarch64-linux-gnu"
+    assert resolve_target("arm", cpu="cortex-a72").describe() == {"kind": "llvm", "mcpu": "cortex-a72", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+    assert resolve_target("cuda", arch="sm_90").describe()["arch"] == "sm_90"
+    assert resolve_target('{"kind": "llvm", "mtriple": "aarch64-linux-gnu"}').describe()["mtriple"] == "aarch64-linux-gnu"
     with pytest.raises(RebirthError, match="unknown ARM CPU 'cortex-x9'"):
         resolve_target("arm", cpu="cortex-x9")
     with pytest.raises(RebirthError, match="unknown CUDA architecture"):
@@ -70,7 +70,7 @@ def test_cuda_build_generates_kernels_and_exports_without_a_gpu(tmp_path):
 
 @needs_nvcc
 def test_cuda_kernels_compile_with_nvcc():
-    from rebirth_tvm.build import check_cuda_source
+    from rebirth_tvm.backend.build import check_cuda_source
 
     result = check_cuda_source(rebirth_tvm.build(rebirth_tvm.load(tiny_cnn()), target="cuda", arch="sm_80"))
     assert result["compiled"] and result["ptx_bytes"] > 1000

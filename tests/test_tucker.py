@@ -8,8 +8,8 @@ from onnx import TensorProto, helper, numpy_helper
 import rebirth_tvm
 from rebirth_tvm.passes import TuckerDecompose, record_sites
 from rebirth_tvm.passes.tucker_decompose import energy_rank, hosvd_tucker2, mode_singular_values, reconstruct
-from rebirth_tvm.reference import onnxruntime_outputs
-from rebirth_tvm.report import op_counts
+from rebirth_tvm.frontend.reference import onnxruntime_outputs
+from rebirth_tvm.pipeline.report import op_counts
 
 TOL = 1e-5  # full-rank Tucker only reassociates float sums
 

@@ -8,7 +8,7 @@ output's scale (max |out - ref| / max |ref|); the exact passes only reorder floa
 import pytest
 
 from rebirth_tvm.pipeline import compile_model
-from rebirth_tvm.models import MODELS
+from rebirth_tvm.frontend.zoo import MODELS
 
 TOL = 1e-5
 

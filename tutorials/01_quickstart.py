@@ -18,10 +18,10 @@ import tvm
 from tvm import relax
 
 import rebirth_tvm
-from rebirth_tvm.models import MODELS, build_model
+from rebirth_tvm.frontend.zoo import MODELS, build_model
 from rebirth_tvm.passes import FoldBatchNorm, MergeParallelConvs, record_sites
-from rebirth_tvm.reference import onnxruntime_outputs
-from rebirth_tvm.report import op_counts, op_table
+from rebirth_tvm.frontend.reference import onnxruntime_outputs
+from rebirth_tvm.pipeline.report import op_counts, op_table
 
 ######################################################################
 # 1. Get an ONNX model

@@ -19,9 +19,9 @@ import tempfile
 import numpy as np
 
 import rebirth_tvm
-import rebirth_tvm.calibration
+from rebirth_tvm.relearn.calibration import load_calibration
 from rebirth_tvm.passes import StreamlineMerge, record_sites
-from rebirth_tvm.report import op_counts, op_table
+from rebirth_tvm.pipeline.report import op_counts, op_table
 
 SHORT = os.environ.get("CI") == "true"
 
@@ -82,7 +82,7 @@ assert all(s["detail"]["fidelity"]["rel_mse"] < s["detail"]["fidelity_channel_me
 # from the built-in least-squares solution and damp it a little, to see the report pick the
 # change up (it should measure slightly worse than plain least squares).
 
-from rebirth_tvm.hooks import LeastSquaresHook  # noqa: E402
+from rebirth_tvm.relearn.hooks import LeastSquaresHook  # noqa: E402
 
 called = []
 
@@ -91,7 +91,7 @@ def damped_least_squares(site):
     weight, bias = LeastSquaresHook()(site)
     return 0.9 * weight, bias
 
-calibration = rebirth_tvm.calibration.load_calibration(folder, (1, 3, 224, 224))
+calibration = load_calibration(folder, (1, 3, 224, 224))
 with record_sites() as sites:
     reborn = StreamlineMerge(calibration.train, hook=damped_least_squares, sites=stem_only)(rebirth_tvm.load("googlenet"))
 for site in sites:

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 
 import rebirth_tvm
-from rebirth_tvm.targets import cuda_available
+from rebirth_tvm.backend.targets import cuda_available
 
 SHORT = os.environ.get("CI") == "true"
 MODEL = "squeezenet1_1"
@@ -76,7 +76,7 @@ else:
 # then pass the device: MetaSchedule measures every candidate there, and ``verify="rpc"`` runs
 # the final library there and reports its latency on the board::
 #
-#     from rebirth_tvm.remote import RpcDevice
+#     from rebirth_tvm.backend.remote import RpcDevice
 #     board = RpcDevice("192.168.1.10", 9190, "rk3399")
 #     rebirth_tvm.compile_model(MODEL, target="arm", cpu="cortex-a72", tune_trials=2000,
 #                               tuning_db="db-rk3399", rpc=board, verify="rpc")

@@ -18,9 +18,9 @@ import os
 import numpy as np
 
 import rebirth_tvm
-from rebirth_tvm import measure
+from rebirth_tvm.backend import measure
 from rebirth_tvm.pipeline import apply_passes
-from rebirth_tvm.targets import resolve_target
+from rebirth_tvm.backend.targets import resolve_target
 
 SHORT = os.environ.get("CI") == "true"
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "results", "x86")

@@ -17,8 +17,8 @@ import os
 
 import numpy as np
 
-from rebirth_tvm.datasets import as_inputs, fashion_mnist
-from rebirth_tvm.evaluate import classify
+from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
+from rebirth_tvm.pipeline.evaluate import classify
 from rebirth_tvm.pipeline import RebirthOptions, compile_model
 
 SHORT = os.environ.get("CI") == "true"

@@ -1,0 +1,134 @@
+"""MetaSchedule tuning with a database that is reused across runs.
+
+Untuned TVM CPU code is 30–100× slower than a tuned build, so every speed claim needs this.
+What the notes taught us, built in:
+
+* tasks come from the *fused* module (``relax.get_pipeline("zero")``): on the raw module there
+  are none, and the database keys are the fused PrimFuncs, so tuning and applying use the same
+  fusion;
+* the default builder re-imports ``tvm.s_tir.tensor_intrin`` (15 s) in every fresh worker pool
+  and times out at 30 s on two busy cores; :func:`fast_build` skips that and the timeout is 120 s;
+* the database is a JSON directory (``--tuning-db``): tasks that already have records are not
+  tuned again, so a warm database recompiles in seconds;
+* the XGBoost cost model is imported up front (a missing xgboost otherwise fails mid-run);
+* candidates are measured here, or on a board over RPC (:class:`rebirth_tvm.backend.remote.RpcDevice`);
+* a progress bar counts the measured trials (tuning GoogLeNet takes a while).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import time
+
+import tvm
+from tvm import relax
+
+from rebirth_tvm.core.errors import RebirthError
+
+
+def fast_build(mod, target, _params):
+    """MetaSchedule builder function without the per-pool tensor-intrinsic import (see above)."""
+    from tvm.driver import build as tvm_build
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm_build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def export_aarch64(module) -> str:
+    """MetaSchedule export for ARM candidates measured over RPC: link with the cross compiler."""
+    import tempfile
+
+    from rebirth_tvm.backend.targets import aarch64_compiler
+
+    # MetaSchedule's builder workers import this function by name: it cannot carry the target,
+    # so it asks the same place the target does.
+    path = os.path.join(tempfile.mkdtemp(prefix="rebirth-candidate-"), "candidate.so")
+    module.export_library(path, cc=aarch64_compiler(check=False))
+    return path
+
+
+def _progress_callback(total: int):
+    """A measure callback that advances a tqdm bar by each batch of measured candidates."""
+    from tqdm.auto import tqdm
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    bar = tqdm(total=total, desc="tuning", unit="trial", dynamic_ncols=True)
+
+    failed = [0]
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            failed[0] += sum(1 for b, r in zip(builder_results, runner_results) if b.error_msg or r.error_msg)
+            bar.set_postfix(task=task_id, failed=failed[0], refresh=False)
+            bar.update(len(measure_candidates))
+
+    return Progress(), bar
+
+
+def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
+         max_trials_per_task: int | None = None, seed: int = 0, rpc=None, progress: bool = True):
+    """Tune the tasks of ``mod`` that ``database_dir`` has no records for; returns (database, info).
+
+    ``trials`` is the global budget over the tasks that still need tuning; 0 only applies what
+    the database holds. ``max_trials_per_task`` caps any one task. ``rpc`` (an
+    :class:`~rebirth_tvm.backend.remote.RpcDevice`) measures candidates on that device instead of here.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if trials < 0:
+        raise RebirthError(f"--tune-trials must be 0 or more, got {trials}")
+    if importlib.util.find_spec("xgboost") is None:  # the cost model; missing, it would fail mid-run
+        raise RebirthError("tuning needs xgboost: pip install xgboost")
+    os.makedirs(database_dir, exist_ok=True)
+    start = time.perf_counter()
+    with target.tvm:
+        fused = relax.get_pipeline("zero")(mod)
+    extracted = ms.relax_integration.extract_tasks(fused, target.tvm)
+    database = ms.database.JSONDatabase(work_dir=database_dir)
+    missing = [t for t in extracted if not database.has_workload(t.dispatched[0])]
+    info = {"tasks": len(extracted), "tasks_already_tuned": len(extracted) - len(missing), "tasks_tuned": 0,
+            "trials": trials, "database": os.path.abspath(database_dir)}
+    if trials and missing:
+        if progress:
+            # MetaSchedule prints a task table to stdout after every batch; the bar replaces it
+            # on the console (the console level is read when the task loggers are made, here),
+            # and the full logs stay in DATABASE/logs. progress=False leaves logging alone.
+            logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+            extracted_tasks=missing, work_dir=database_dir, space="post-order-apply", strategy="evolutionary", seed=seed)
+        # Every task first gets one batch, so keep batches small enough for all to get trials.
+        per_iter = max(1, min(16, trials // len(missing)))
+        evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0)
+        runner = rpc.runner(evaluator) if rpc else ms.runner.LocalRunner(evaluator_config=evaluator)
+        builder = ms.builder.LocalBuilder(max_workers=os.cpu_count() or 1, timeout_sec=120, f_build=fast_build,
+                                          f_export=export_aarch64 if target.is_aarch64 else None)
+        callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+        bar = None
+        if progress:
+            callback, bar = _progress_callback(trials if max_trials_per_task is None else min(trials, max_trials_per_task * len(missing)))
+            callbacks.append(callback)
+        try:
+            ms.tune_tasks(
+                tasks=contexts, task_weights=weights, work_dir=database_dir, max_trials_global=trials,
+                max_trials_per_task=max_trials_per_task, num_trials_per_iter=per_iter,
+                builder=builder, runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
+        info["tasks_tuned"] = len(missing)
+        info["max_trials_per_task"] = max_trials_per_task
+        info["measured_on"] = f"RPC device {rpc}" if rpc else "this machine"
+    info["seconds"] = round(time.perf_counter() - start, 2)
+    return database, info
+
+
+def compile_with_database(mod: tvm.IRModule, target, database):
+    """Build ``mod`` with the schedules in ``database`` (fusion as when tuning)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    return ms.relax_integration.compile_relax(database, mod, target.tvm, params=None)
