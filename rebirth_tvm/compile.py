@@ -69,6 +69,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
                      f"agreement {evaluation['agreement']:.2%}")
         lines.append(f"speed: {evaluation['latency_ms_before']['median']:.3g} ms -> {evaluation['latency_ms_after']['median']:.3g} ms "
                      f"median per image ({evaluation['speedup']:.2f}x; {evaluation['note']})")
+    kernels = report.get("kernels")
+    if kernels:
+        how = ", ".join(f"{count} {rule.replace('_', ' ')}" for rule, count in kernels.items() if rule not in ("kernels", "channel_block"))
+        lines.append(f"kernels: {kernels['kernels']} scheduled ({how}; convs in blocks of {kernels['channel_block']} channels)")
     lines.append(f"compile: {report['compile_seconds']:.1f} s for {json_target(report['target'])}")
     return lines
 

@@ -18,6 +18,7 @@ import time
 import numpy as np
 import onnx
 import pytest
+import tvm
 from onnx import TensorProto, helper, numpy_helper
 from onnx_builders import stem, tiny_cnn
 
@@ -315,7 +316,6 @@ BAD_INPUTS = [
      "10 calibration inputs hold out 2, fewer than one batch of 4: give at least 20", 2),
     (lambda p: ["--model", _save(p, "d.onnx", _dynamic_stem()), "--input-shape", "1,3,1,1"], "too small for the network: pool1 would have shape [1, 8, 0, 0]", 2),
     (lambda p: ["--model", _save(p, "d.onnx", _dynamic_stem()), "--input-shape", "1,3,200000,200000"], "more than this machine can spare", 2),
-    (lambda p: ["--model", _save(p, "h.onnx", _fp16_model()), "--passes", "none"], "TVM cannot build this model", 2),
     (lambda p: ["--model", _save(p, "t.onnx", tiny_cnn()), "--cpu", "pentium9000"], "unknown CPU 'pentium9000'", 2),
     (lambda p: ["--model", _save(p, "t.onnx", tiny_cnn()), "--target", '{"kind": "llvm", "mcpu": "nope"}'], "unknown CPU 'nope' for the JSON target", 2),
     (lambda p: ["--model", _save(p, "t.onnx", tiny_cnn()), "--save-onnx", str(p / "out" / "model.so")], "would replace the tool's own model.so", 2),
@@ -489,3 +489,29 @@ def test_interrupt_is_one_line_its_exit_code_and_leaves_nothing(tmp_path, sig, c
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "nothing was written" in errors[0] and "Traceback" not in err, err
     assert not (tmp_path / "out").exists() and no_staging_left(tmp_path)
+
+
+def test_a_model_tvm_cannot_build_is_one_error_line(tmp_path, capfd, monkeypatch):
+    # (The fp16 model TVM 0.27's own CPU pipeline could not build now builds with the project's
+    # kernels: below. A failure inside TVM's build is still one line, and nothing is written.)
+    from rebirth_tvm.backend import build as build_module
+
+    def broken(target, counts):
+        @tvm.transform.module_pass(opt_level=0, name="Broken")
+        def fail(mod, ctx):
+            raise tvm.error.InternalError("no legalization for relax.nn.frobnicate")
+
+        return fail
+
+    monkeypatch.setattr(build_module, "cpu_pipeline", broken)
+    code, _, lines = run_cli(capfd, "--model", _save(tmp_path, "t.onnx", tiny_cnn()), "--out", tmp_path / "out")
+    assert code == cli.EXIT_BAD_INPUT
+    assert_one_error_line(lines, "TVM cannot build this model for llvm (InternalError: no legalization for relax.nn.frobnicate")
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_fp16_model_builds_and_matches_onnxruntime(tmp_path, capfd):
+    code, out, _ = run_cli(capfd, "--model", _save(tmp_path, "h.onnx", _fp16_model()), "--passes", "none", "--out", tmp_path / "out")
+    assert code == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["check"]["passed"] and report["max_rel_diff"] <= report["check"]["tolerance"] == 1e-2

@@ -1,4 +1,5 @@
-"""Every zoo model through the exact passes equals onnxruntime on the original ONNX.
+"""Every zoo model through the exact passes, built with the project's CPU kernels, equals
+onnxruntime on the original ONNX.
 
 Oracle: onnxruntime with ORT_DISABLE_ALL (it runs the graph as written). Tolerance: 1e-5 of the
 output's scale (max |out - ref| / max |ref|); the exact passes only reorder float arithmetic
@@ -38,3 +39,8 @@ def test_zoo_model_matches_onnxruntime(name):
             assert site["reason"], "every refusal needs a reason"
     assert rewritten == EXPECTED_REWRITES[name]
     assert "relax.nn.batch_norm" not in report["ops_after"]
+    # Every kernel got a schedule from the project's rules; none is left as plain loops, and
+    # every model's convs run the blocked template.
+    kernels = report["kernels"]
+    assert kernels.get("plain_loops", 0) == 0 and kernels["blocked_conv"] > 0, kernels
+    assert kernels["kernels"] == kernels["blocked_conv"] + kernels["parallel_loops"]

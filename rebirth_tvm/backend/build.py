@@ -1,8 +1,10 @@
 """Build a Relax module for a target and run it.
 
-CPU builds use TVM's *fused* pipeline (``relax.get_default_pipeline``): the plain ``tvm.compile``
-default for CPU legalizes op by op and fuses nothing, which would hide the very non-tensor costs
-this project removes. Kernels stay untuned unless a tuning database is applied.
+CPU builds (x86, arm) use :func:`rebirth_tvm.backend.kernels.cpu_pipeline`: TVM's fused CPU
+pipeline, convs in a blocked layout, and a schedule for every kernel from the project's rules
+(TVM 0.27 schedules nothing on CPU by default: every kernel would be plain loops). A tuning
+database, when applied, comes first. CUDA builds use TVM's GPU pipeline (fusion + dlight).
+The build records how its kernels were scheduled (:attr:`BuiltModel.kernels`).
 """
 
 from __future__ import annotations
@@ -19,17 +21,21 @@ import tvm
 from tvm import relax
 
 from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.backend.kernels import KernelCounts, cpu_pipeline
 from rebirth_tvm.backend.targets import Target, resolve_target
 
 
 class BuiltModel:
     """A compiled module and a VM to run it on the host."""
 
-    def __init__(self, executable, target: Target, input_names: Sequence[str], compile_seconds: float):
+    def __init__(self, executable, target: Target, input_names: Sequence[str], compile_seconds: float,
+                 kernels: dict | None = None):
         self.executable = executable
         self.target = target
         self.input_names = list(input_names)
         self.compile_seconds = compile_seconds
+        #: how the kernels were scheduled: ``{"kernels": N, rule name: count, ...}`` (CPU builds)
+        self.kernels = kernels
         self._vm = None
 
     @property
@@ -72,7 +78,10 @@ def build(mod: tvm.IRModule, target="x86", cpu: str | None = None, arch: str | N
     schedules), which ``tvm.compile`` picks for GPU targets.
     """
     target = resolve_target(target, cpu, arch)
-    return _wrap(mod, target, lambda: _compile(mod, target))
+    counts = KernelCounts()
+    built = _wrap(mod, target, lambda: _compile(mod, target, counts))
+    built.kernels = None if target.is_cuda else counts.to_json()
+    return built
 
 
 def build_tuned(mod: tvm.IRModule, target: Target, trials: int, database_dir: str,
@@ -87,16 +96,18 @@ def build_tuned(mod: tvm.IRModule, target: Target, trials: int, database_dir: st
     target.require_tunable(rpc)
     start = time.perf_counter()
     database, info = tune(mod, target, trials, database_dir, max_trials_per_task=max_trials_per_task, rpc=rpc, progress=progress)
-    built = _wrap(mod, target, lambda: compile_with_database(mod, target, database))
+    counts = KernelCounts()
+    built = _wrap(mod, target, lambda: compile_with_database(mod, target, database, counts))
     built.compile_seconds = time.perf_counter() - start
+    built.kernels = None if target.is_cuda else counts.to_json()
     return built, info
 
 
-def _compile(mod, target: Target):
+def _compile(mod, target: Target, counts: KernelCounts):
     with target.tvm:
         if target.is_cuda:
             return tvm.compile(mod, target=target.tvm)
-        return tvm.compile(mod, target=target.tvm, relax_pipeline=relax.get_default_pipeline(target.tvm))
+        return tvm.compile(mod, target=target.tvm, relax_pipeline=cpu_pipeline(target.tvm, counts))
 
 
 def _wrap(mod, target, make) -> BuiltModel:

@@ -85,8 +85,8 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
         raise RebirthError("tuning needs xgboost: pip install xgboost")
     os.makedirs(database_dir, exist_ok=True)
     start = time.perf_counter()
-    with target.tvm:
-        fused = relax.get_pipeline("zero")(mod)
+    # The kernels the build schedules (blocked layout, fused): tuning records must match them.
+    fused = _fused_for(target)(mod)
     extracted = ms.relax_integration.extract_tasks(fused, target.tvm)
     database = ms.database.JSONDatabase(work_dir=database_dir)
     missing = [t for t in extracted if not database.has_workload(t.dispatched[0])]
@@ -127,8 +127,27 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
     return database, info
 
 
-def compile_with_database(mod: tvm.IRModule, target, database):
-    """Build ``mod`` with the schedules in ``database`` (fusion as when tuning)."""
+def _fused_for(target):
+    """What the build fuses and schedules for ``target``: the CPU kernels pipeline's fused
+    module on llvm targets, TVM's own ("zero") elsewhere."""
+    if target.is_cuda:
+        def fused(mod):
+            with target.tvm:
+                return relax.get_pipeline("zero")(mod)
+
+        return fused
+    from rebirth_tvm.backend.kernels import fused_kernels
+
+    return fused_kernels(target.tvm)
+
+
+def compile_with_database(mod: tvm.IRModule, target, database, counts=None):
+    """Build ``mod`` with the schedules in ``database`` where it has them; on CPU targets the
+    schedule rules take every other kernel (``counts`` says how many each)."""
     from tvm.s_tir import meta_schedule as ms
 
-    return ms.relax_integration.compile_relax(database, mod, target.tvm, params=None)
+    if target.is_cuda:
+        return ms.relax_integration.compile_relax(database, mod, target.tvm, params=None)
+    from rebirth_tvm.backend.kernels import cpu_pipeline
+
+    return tvm.compile(mod, target=target.tvm, relax_pipeline=cpu_pipeline(target.tvm, counts, database))

@@ -114,6 +114,7 @@ def run(model, options: CompileOptions) -> CompileResult:
         "ops_after": report_mod.op_counts(module),
         "sites": [s.to_json() for s in sites],
         "compile_seconds": round(built.compile_seconds, 3),
+        **({"kernels": built.kernels} if built.kernels else {}),
         "versions": {"tvm": tvm.__version__},
     })
     return CompileResult(module, built, report, sites, library=verified.library if verified else None, runner=runner_path,

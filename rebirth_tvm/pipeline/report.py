@@ -86,6 +86,7 @@ def markdown(report: dict[str, Any]) -> str:
             ["input", f"{report['input_name']} {report['input_shape']}"],
             ["passes", report["passes"]],
             ["compile seconds", f"{report['compile_seconds']:.2f}"],
+            *([["kernels", ", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report["kernels"].items())]] if report.get("kernels") else []),
             ["reference", check["reference"]],
             ["inputs compared", check["inputs"]],
             ["max abs diff", f"{report['max_abs_diff']:.3g}"],

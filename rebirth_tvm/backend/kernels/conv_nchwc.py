@@ -1,0 +1,114 @@
+"""Schedule rule: a blocked conv (``conv2d_NCHWc``) and what is fused after it.
+
+The loop nest, outermost first (``c`` = the channel block = one vector register)::
+
+    parallel  n · oc_chunk · oh                       (fused; each core takes whole rows)
+      ow_outer                                        (the row in tiles of ``tile_w`` outputs)
+        ic_outer · kh · kw · ic_inner                 (the reduction)
+          ow_inner (unrolled)  ·  oc_block (vector)   (a tile_w × c register tile)
+      epilogue (bias, ReLU, residual add) at ow_outer, written once, vectorised over oc_block
+
+The padding is computed per parallel row block (``compute_at`` the parallel loop), so no padded
+copy of the whole input is made. The accumulator tile (``tile_w`` × ``c`` floats, ≤ 8 vector
+registers of the 16/32 a core has) stays in registers over the whole reduction: the inner loop
+is ``tile_w`` vector fused multiply-adds per input channel, each weight vector loaded once and
+each input value broadcast.
+
+A function this rule does not recognise (no ``conv2d_NCHWc`` block, a shape the template cannot
+split) is left to the next rule: it returns None and never raises.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight.base import ScheduleRule
+
+from rebirth_tvm.backend.kernels.layout import CONV_BLOCK
+
+#: the widest register tile along the output width (× the channel block: the accumulators)
+MAX_TILE_W = 8
+
+
+def tile_width(width: int) -> int:
+    """The register tile along the output row: the largest divisor of ``width`` up to
+    :data:`MAX_TILE_W` (a divisor keeps the tile loop free of bounds checks), or
+    :data:`MAX_TILE_W` when only tiny divisors exist (a prime width: the last tile is partial)."""
+    best = max(d for d in range(1, min(width, MAX_TILE_W) + 1) if width % d == 0)
+    return best if best >= 4 or width <= MAX_TILE_W else MAX_TILE_W
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int | None:
+    extent = sch.get(loop).extent
+    return int(extent) if isinstance(extent, tirx.IntImm) else None
+
+
+class BlockedConv(ScheduleRule):
+    """Schedules a PrimFunc holding one ``conv2d_NCHWc`` block (see the module docstring)."""
+
+    name = "blocked_conv"
+
+    def apply(self, func, target, tunable):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        try:
+            return self._schedule(func)
+        except Exception:  # noqa: BLE001  (a shape the template does not cover: the next rule)
+            return None
+
+    def _schedule(self, func):
+        sch = s_tir.Schedule(func)
+        try:
+            conv = sch.get_sblock(CONV_BLOCK)
+        except Exception:  # noqa: BLE001  (no blocked conv here)
+            return None
+        loops = sch.get_loops(conv)
+        if len(loops) != 8:
+            return None
+        n, occ, oh, ow, ocb, ic, kh, kw = loops
+        width, channels = _extent(sch, ow), _extent(sch, ic)
+        in_block = int(sch.get(conv).reads[0].source.shape[-1])  # the data's channel block
+        if not width or not channels or channels % in_block:
+            return None
+        tile_w = tile_width(width)
+        ow_outer, ow_inner = sch.split(ow, [None, tile_w])
+        ic_outer, ic_inner = sch.split(ic, [None, in_block])
+        sch.reorder(n, occ, oh, ow_outer, ic_outer, kh, kw, ic_inner, ow_inner, ocb)
+        rows = sch.fuse(n, occ, oh)
+        sch.parallel(rows)
+
+        # The epilogue (bias, ReLU, a residual add): elementwise blocks after the conv. All but
+        # the last are inlined into the last, which is written per tile, vectorised.
+        consumers = self._consumers(sch, conv)
+        for consumer in consumers[:-1]:
+            sch.compute_inline(consumer)
+        if consumers:
+            last = consumers[-1]
+            sch.reverse_compute_at(last, ow_outer, preserve_unit_loops=True)
+            sch.vectorize(sch.get_loops(last)[-1])
+
+        # What feeds the conv (the padding, a layout transform): per parallel row block.
+        for producer in sch.get_producers(conv):
+            name = sch.get(producer).name_hint
+            try:
+                sch.compute_at(producer, rows, preserve_unit_loops=True)
+            except Exception:  # noqa: BLE001  (a producer that cannot move keeps its own loops)
+                continue
+            inner = sch.get_loops(producer)[-1]
+            if name.endswith("pad") and _extent(sch, inner) and _extent(sch, inner) > 1:
+                sch.vectorize(inner)
+
+        init = sch.decompose_reduction(conv, ic_outer)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.unroll(ow_inner)
+        return sch
+
+    @staticmethod
+    def _consumers(sch, conv) -> list:
+        """The chain of single consumers after the conv (bias add, ReLU, ...), in order."""
+        chain, block = [], conv
+        while True:
+            consumers = sch.get_consumers(block)
+            if len(consumers) != 1:
+                return chain
+            block = consumers[0]
+            chain.append(block)

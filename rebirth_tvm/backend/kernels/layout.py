@@ -1,0 +1,156 @@
+"""Blocked layout for CPU convs: ``NCHW{c}c`` data, ``OIHW{c}i{c}o`` weights.
+
+A conv in the blocked layout reads and writes ``c`` consecutive channels at once: ``c`` is the
+target's vector width in floats (16 for AVX-512, 8 for AVX2, 4 for 128-bit NEON), so the
+innermost loop of the conv is one vector register. Relax's ``ConvertLayout`` converts every
+conv whose channels divide by ``c`` and carries the layout through ReLU, add, max pool and
+concat, so layout transforms appear only at the graph's edges and around what cannot follow
+(a conv whose channels do not divide, the LRN's 5-D pooling). Weights are constants: their
+transform is folded at compile time (packed once).
+
+The blocked conv is legalized here with TOPI's ``conv2d_NCHWc`` (the default legalization
+refuses 5-D layouts), its compute block tagged so that :mod:`.conv_nchwc` schedules it. A conv
+the blocked compute does not cover (grouped, dilated) is legalized through NCHW: correct, and
+scheduled by the generic rule.
+"""
+
+from __future__ import annotations
+
+import re
+
+import tvm
+from tvm import relax, topi
+from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as default_conv2d
+
+#: the name of the blocked conv's compute block (TOPI's), which the conv rule looks for
+CONV_BLOCK = "conv2d_NCHWc"
+
+
+def block_size(target: tvm.target.Target) -> int:
+    """Floats per vector register on ``target``: 16 with AVX-512, 8 with AVX2 (or AVX), else 4
+    (SSE, 128-bit NEON). Read from the target's CPU features: LLVM's vector-width query answers
+    with the host's width for any x86 target."""
+    from tvm.target.codegen import target_has_features
+
+    if str(target.attrs.get("mtriple", "")).startswith("aarch64") or target.kind.name != "llvm":
+        return 4
+    try:
+        if target_has_features("avx512f", target):
+            return 16
+        if target_has_features("avx", target):
+            return 8
+    except Exception:  # noqa: BLE001  (features LLVM cannot tell: the narrowest common width)
+        pass
+    return 4
+
+
+def blocked_layout(block: int) -> tvm.transform.Pass:
+    """``ConvertLayout`` to ``NCHW{block}c`` / ``OIHW{block}i{block}o`` for every conv it can take."""
+    return relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]})
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+#: a conv whose output channels give a block narrower than this stays in NCHW
+MIN_BLOCK = 4
+
+
+@relax.expr_functor.mutator
+class _BlockRemaining(relax.PyExprMutator):
+    def __init__(self, mod, block: int):
+        super().__init__(mod)
+        self.block = block
+
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+            return call
+        attrs = call.attrs
+        if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
+                or int(attrs.groups) != 1 or [int(d) for d in attrs.dilation] != [1, 1]:
+            return call
+        data, weight = call.args
+        shape = getattr(data.ty, "shape", None)
+        if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+            return call
+        in_channels, out_channels = int(shape[1]), int(weight.ty.shape[0])
+        ic, oc = _largest_divisor(in_channels, self.block), _largest_divisor(out_channels, self.block)
+        if oc < MIN_BLOCK:
+            return call
+        data = self.builder_.emit(relax.op.layout_transform(data, index_map=lambda n, c, h, w: (n, c // ic, h, w, c % ic)))
+        weight = self.builder_.emit(relax.op.layout_transform(
+            weight, index_map=lambda o, i, h, w: (o // oc, i // ic, h, w, i % ic, o % oc)))
+        conv = self.builder_.emit(relax.op.nn.conv2d(data, weight, attrs.strides, attrs.padding, attrs.dilation, 1,
+                                                     f"NCHW{ic}c", f"OIHW{ic}i{oc}o", f"NCHW{oc}c", _out_dtype(call)))
+        return relax.op.layout_transform(conv, index_map=lambda n, c, h, w, b: (n, c * oc + b, h, w))
+
+
+def block_remaining_convs(block: int) -> tvm.transform.Pass:
+    """Convs ``ConvertLayout`` left in NCHW (channels that do not divide by ``block``, like the
+    3-channel first conv): blocked too, each with its own blocks (the largest divisors of its
+    channel counts up to ``block``), between layout transforms to and from NCHW."""
+
+    @tvm.transform.module_pass(opt_level=0, name="BlockRemainingConvs")
+    def transform(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        mutator = _BlockRemaining(mod, block)
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+        return mutator.builder_.get()
+
+    return transform
+
+
+def _is_blocked(layout: str) -> bool:
+    return len(layout) > 4
+
+
+def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """A conv2d in any layout: the blocked compute for a blocked one, TVM's own otherwise."""
+    attrs = call.attrs
+    data_layout, kernel_layout, out_layout = str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)
+    if not _is_blocked(data_layout):
+        return default_conv2d(bb, call)  # the default, for plain layouts
+    dilation = [int(d) for d in attrs.dilation]
+    if int(attrs.groups) == 1 and dilation == [1, 1] and _is_blocked(out_layout):
+        out_dtype = _out_dtype(call)
+        return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], [int(s) for s in attrs.strides],
+                          [int(p) for p in attrs.padding], dilation, data_layout, out_layout, out_dtype,
+                          primfunc_name_hint="conv2d_nchwc")
+    # Not covered by the blocked compute: through NCHW and TVM's own legalization.
+    data = bb.emit(relax.op.layout_transform(call.args[0], index_map=_unblock_map(data_layout)))
+    weight = bb.emit(relax.op.layout_transform(call.args[1], index_map=_unblock_weight_map(kernel_layout)))
+    plain = relax.op.nn.conv2d(data, weight, attrs.strides, attrs.padding, attrs.dilation, int(attrs.groups),
+                               "NCHW", "OIHW", "NCHW", _out_dtype(call))
+    out = bb.emit(default_conv2d(bb, bb.normalize(plain)))
+    return relax.op.layout_transform(out, index_map=_block_map(out_layout))
+
+
+def _out_dtype(call: relax.Call) -> str:
+    given = call.attrs.out_dtype
+    text = "" if given is None else str(given)
+    return text if text not in ("", "None", "void") else str(call.args[0].ty.dtype)
+
+
+def _block_of(layout: str) -> int:
+    return int(re.search(r"\d+", layout).group())
+
+
+def _unblock_map(layout: str):
+    """NCHW{c}c → NCHW."""
+    c = _block_of(layout)
+    return lambda n, co, h, w, ci: (n, co * c + ci, h, w)
+
+
+def _block_map(layout: str):
+    """NCHW → NCHW{c}c."""
+    c = _block_of(layout)
+    return lambda n, ch, h, w: (n, ch // c, h, w, ch % c)
+
+
+def _unblock_weight_map(layout: str):
+    """OIHW{c}i{c}o → OIHW (the two block sizes are equal here)."""
+    c = _block_of(layout)
+    return lambda oo, io, h, w, ii, oi: (oo * c + oi, io * c + ii, h, w)
