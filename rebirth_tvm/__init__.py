@@ -61,6 +61,12 @@ def _ensure_passes_package() -> None:
 
 _ensure_passes_package()
 
+from rebirth_tvm.backend.threads import use_all_cores  # noqa: E402
+
+# TVM's runtime would run kernels on half the logical CPUs (it assumes hyper-threads): every
+# core, before any kernel runs and sizes its thread pool (rebirth_tvm.backend.threads).
+use_all_cores()
+
 from rebirth_tvm import passes  # noqa: E402
 from rebirth_tvm.backend.build import BuiltModel, build, run  # noqa: E402
 from rebirth_tvm.backend.targets import Target, resolve_target  # noqa: E402

@@ -5,6 +5,8 @@ Every conv is compared with onnxruntime (unoptimised) on the same random input, 
 the output's scale (fp32 sums in another order: measured ≤ 2e-6 here).
 """
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -62,6 +64,8 @@ def check_against_onnxruntime(model):
     dict(in_ch=32, out_ch=32, size=8, kernel=3, pads=(1, 1, 1, 1), groups=2),      # grouped: through NCHW
     dict(in_ch=16, out_ch=16, size=10, kernel=3, pads=(1, 1, 1, 1), groups=16),    # depthwise
     dict(in_ch=5, out_ch=3, size=7, kernel=3),                                     # too narrow to block
+    dict(in_ch=32, out_ch=20, size=9, kernel=3, pads=(1, 1, 1, 1)),                # 20 filters padded to 32, sliced back
+    dict(in_ch=64, out_ch=1000, size=5, kernel=1),                                 # a 1000-class conv classifier
     dict(in_ch=32, out_ch=32, size=6, kernel=5, pads=(2, 2, 2, 2), relu=False, bias=False),
 ])
 def test_conv_matches_onnxruntime(case):
@@ -115,3 +119,46 @@ def test_an_arm_build_uses_neon_blocks():
     tvm.compile(rebirth_tvm.load(conv_model(16, 32, 9, 3, pads=(1, 1, 1, 1))), target=target.tvm,
                 relax_pipeline=cpu_pipeline(target.tvm, counts))
     assert counts.block == 4 and counts.by_rule["blocked_conv"] == 1 and counts.by_rule["plain_loops"] == 0
+
+
+def test_power_by_a_constant_becomes_square_roots_and_products():
+    from tvm import relax
+
+    from rebirth_tvm.backend.kernels.arith import strength_reduce_power
+
+    def power_module(exponent):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(relax.op.power(x, relax.const(exponent, "float32")))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    x = np.concatenate([np.random.default_rng(0).uniform(0, 50, 12), [0.0, -1.0, np.inf, np.nan]]).astype(np.float32).reshape(2, 8)
+    for exponent in (0.5, 0.75, 1.0, 2.0):
+        reduced = strength_reduce_power(power_module(exponent))
+        assert "power" not in reduced.script()
+        vm = relax.VirtualMachine(tvm.compile(reduced, target="llvm"), tvm.cpu())
+        out = vm["main"](tvm.runtime.tensor(x)).numpy()
+        with np.errstate(invalid="ignore"):
+            expected = np.power(x.astype(np.float64), exponent)
+        np.testing.assert_allclose(out, expected, rtol=1e-6, equal_nan=True)
+    other = power_module(0.3)
+    tvm.ir.assert_structural_equal(strength_reduce_power(other), other)  # other exponents: untouched
+
+
+def test_tvm_runs_kernels_on_every_core(tmp_path):
+    # TVM alone takes half the logical CPUs on x86; importing rebirth_tvm sets every core (a
+    # user's TVM_NUM_THREADS is kept). Fresh processes: the pool is sized once.
+    import subprocess
+    import sys
+
+    from rebirth_tvm.backend.threads import available_cores
+
+    probe = "import rebirth_tvm, tvm; print(tvm.get_global_func('runtime.NumThreads')())"
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "OMP_NUM_THREADS")}
+    threads = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True)
+    assert int(threads.stdout.split()[-1]) == available_cores()
+    mine = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, "TVM_NUM_THREADS": "1"}, check=True)
+    assert int(mine.stdout.split()[-1]) == 1

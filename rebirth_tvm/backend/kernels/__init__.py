@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import relax, tirx
 
+from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
 from rebirth_tvm.backend.kernels.layout import block_remaining_convs, block_size, blocked_layout, legalize_conv2d
 from rebirth_tvm.backend.kernels.loops import ParallelLoops
@@ -83,6 +84,7 @@ def fused_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
     def fused(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         with target:
             return tvm.transform.Sequential([
+                strength_reduce_power,
                 blocked_layout(block),
                 block_remaining_convs(block),
                 relax.transform.Normalize(),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import tvm
 from tvm import relax, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as default_conv2d
@@ -77,6 +78,13 @@ class _BlockRemaining(relax.PyExprMutator):
             return call
         in_channels, out_channels = int(shape[1]), int(weight.ty.shape[0])
         ic, oc = _largest_divisor(in_channels, self.block), _largest_divisor(out_channels, self.block)
+        padded = out_channels
+        if oc < self.block and out_channels > self.block and isinstance(weight, tvm.ir.GenericConst):
+            # Output channels with no good block (a 1000-class conv: blocks of 10): zero filters
+            # up to a multiple of the block, and the extra channels sliced off after.
+            padded, oc = -(-out_channels // self.block) * self.block, self.block
+            values = weight.value.numpy()
+            weight = relax.const(np.concatenate([values, np.zeros((padded - out_channels, *values.shape[1:]), values.dtype)]))
         if oc < MIN_BLOCK:
             return call
         data = self.builder_.emit(relax.op.layout_transform(data, index_map=lambda n, c, h, w: (n, c // ic, h, w, c % ic)))
@@ -84,7 +92,10 @@ class _BlockRemaining(relax.PyExprMutator):
             weight, index_map=lambda o, i, h, w: (o // oc, i // ic, h, w, i % ic, o % oc)))
         conv = self.builder_.emit(relax.op.nn.conv2d(data, weight, attrs.strides, attrs.padding, attrs.dilation, 1,
                                                      f"NCHW{ic}c", f"OIHW{ic}i{oc}o", f"NCHW{oc}c", _out_dtype(call)))
-        return relax.op.layout_transform(conv, index_map=lambda n, c, h, w, b: (n, c * oc + b, h, w))
+        out = relax.op.layout_transform(conv, index_map=lambda n, c, h, w, b: (n, c * oc + b, h, w))
+        if padded != out_channels:
+            out = relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[out_channels])
+        return out
 
 
 def block_remaining_convs(block: int) -> tvm.transform.Pass:

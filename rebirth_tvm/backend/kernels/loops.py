@@ -79,20 +79,55 @@ class ParallelLoops(ScheduleRule):
         if any(e is None for e in extents):
             return
         work = 1
-        for e in extents[:spatial]:
+        for e in extents:
             work *= e
-        # The innermost loop, vectorised when it is spatial (nothing reduces inside it).
+        if spatial < len(loops):
+            if "S" in kinds[spatial:]:
+                return  # spatial loops inside reductions: leave the order alone
+            self._reduction(sch, block, loops, extents, spatial, parallel=work >= MIN_PARALLEL_WORK)
+            return
+        outer = self._injective(sch, loops, extents)
+        if work >= MIN_PARALLEL_WORK and outer:
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+
+    def _injective(self, sch, loops, extents) -> list:
+        """Vectorise the innermost loop (split to the vector width when long); the rest is outer."""
         inner, lanes = loops[-1], extents[-1]
-        vectorizable = spatial == len(loops) and spatial > 1 and 1 < lanes and (lanes <= MAX_VECTOR or lanes % self.vector_lanes == 0)
-        if vectorizable:
+        if len(loops) > 1 and 1 < lanes and (lanes <= MAX_VECTOR or lanes % self.vector_lanes == 0):
             if lanes > MAX_VECTOR:  # split only where it divides: no bounds check inside a vector
                 _, inner = sch.split(inner, [None, self.vector_lanes])
             sch.vectorize(inner)
-            outer = loops[:spatial - 1]
-        else:
-            outer = loops[:spatial]
-        if work >= MIN_PARALLEL_WORK and outer:
+            return loops[:-1]
+        return list(loops)
+
+    def _reduction(self, sch, block, loops, extents, spatial: int, parallel: bool) -> None:
+        """A reduction (a pool's window, a dense layer's inputs): the innermost spatial loop —
+        contiguous in the output — goes inside the reduction loops, so the innermost loop is a
+        vector of independent outputs (LLVM vectorises it); a long one is split so that its
+        outer part runs in parallel too. (Parallel first: TVM refuses to parallelise a
+        reduction once a spatial loop sits under its reduction loops.)"""
+        last, lanes = loops[spatial - 1], extents[spatial - 1]
+        reductions = loops[spatial:]
+        if lanes < 4:
+            if parallel:
+                sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
+            return
+        outer = list(loops[:spatial - 1])
+        chunk = next((c for c in (64, 32, 16, self.vector_lanes) if lanes % c == 0), None)
+        if lanes > MAX_VECTOR and chunk is not None:
+            across, last = sch.split(last, [None, chunk])
+            outer.append(across)
+        if parallel and outer:
             sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        try:
+            sch.reorder(*reductions, last)
+        except Exception:  # noqa: BLE001  (a reduction TVM will not reorder: as it is)
+            return
+        try:  # the initial value written in its own loop, outside the reduction
+            init = sch.decompose_reduction(block, reductions[0])
+            sch.vectorize(sch.get_loops(init)[-1])
+        except Exception:  # noqa: BLE001  (TVM will not split this one: the init stays inside)
+            pass
 
 
 def _has_root(sch) -> bool:
