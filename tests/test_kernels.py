@@ -162,3 +162,19 @@ def test_tvm_runs_kernels_on_every_core(tmp_path):
     assert int(threads.stdout.split()[-1]) == available_cores()
     mine = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**env, "TVM_NUM_THREADS": "1"}, check=True)
     assert int(mine.stdout.split()[-1]) == 1
+
+
+def test_tuning_searches_the_templates_own_space_default_included():
+    # The tuner samples the template's tile sizes; the untuned choice is one of the options,
+    # so the fastest measured can only match or beat the default build.
+    from tvm import s_tir
+
+    model = conv_model(32, 64, 13, 3, pads=(1, 1, 1, 1))  # output rows of 16
+    target = resolve_target("x86").tvm
+    fused = fused_kernels(target)(rebirth_tvm.load(model))
+    (conv,) = [f for _, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and BlockedConv.applies_to(s_tir.Schedule(f))]
+    sch = s_tir.Schedule(conv)
+    assert BlockedConv().schedule(sch, target, tunable=True)
+    choices = [inst for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
+    assert [int(v) for v in choices[0].attrs[0]] == [2, 4, 8, 16] and tile_width(16) == 8
+    assert [int(v) for v in choices[1].attrs[0]] == [1, 2]

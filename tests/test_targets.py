@@ -125,18 +125,22 @@ def test_tuned_build_equals_untuned_and_a_warm_database_is_not_tuned_again(tmp_p
 
     first = compile_tuned("first")
     assert first["tuning"]["tuned_matches_untuned"] and first["tuning"]["max_rel_diff"] <= 1e-5
-    # Every task was measured: the database holds a record for each of them (not just a count
-    # the tuner reports about itself).
-    assert tuned_workloads(database) == first["tuning"]["tasks"] > 0
-    # --max-trials-per-task 1: one measured candidate per task (16 trials over the 8 kernels of
-    # the blocked build would give some tasks several records without the cap).
+    # The convs are tuned (the only kernels with choices: the template's tile sizes), the other
+    # kernels keep their rules' schedules; every tuned task was measured: the database holds a
+    # record for each of them (not just a count the tuner reports about itself).
+    tuning = first["tuning"]
+    assert tuning["tasks_tuned"] == 2 and tuning["tasks_kept_template"] == tuning["tasks"] - 2 > 0
+    assert tuned_workloads(database) == tuning["tasks_tuned"]
+    assert first["kernels"]["tuning_database"] == 2 and first["kernels"].get("plain_loops", 0) == 0
+    # --max-trials-per-task 1: one measured candidate per task (16 trials over 2 convs would
+    # give each several records without the cap).
     lines = (database / "database_tuning_record.json").read_text().splitlines()
     per_task = [json.loads(line)[0] for line in lines if line.strip()]
     assert max(per_task.count(w) for w in set(per_task)) == 1 and first["tuning"]["max_trials_per_task"] == 1
     records = (database / "database_tuning_record.json").read_text()
     second = compile_tuned("second")
     assert second["tuning"]["tasks_tuned"] == 0
-    assert second["tuning"]["tasks_already_tuned"] == first["tuning"]["tasks"]
+    assert second["tuning"]["tasks_already_tuned"] == first["tuning"]["tasks_tuned"]
     assert (database / "database_tuning_record.json").read_text() == records  # nothing was measured again
 
 

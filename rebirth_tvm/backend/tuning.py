@@ -92,14 +92,24 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
     missing = [t for t in extracted if not database.has_workload(t.dispatched[0])]
     info = {"tasks": len(extracted), "tasks_already_tuned": len(extracted) - len(missing), "tasks_tuned": 0,
             "trials": trials, "database": os.path.abspath(database_dir)}
+    if not target.is_cuda:
+        # CPU: only the blocked convs have choices (their tile sizes, in the template's own
+        # space); every other kernel keeps its rule's schedule. The budget goes to the convs
+        # with the most FLOPs first, so a short tuning spends it where the time is.
+        missing, _ = _conv_tasks_by_flops(missing, trials)
+        info["tasks_kept_template"] = len(extracted) - info["tasks_already_tuned"] - len(missing)
     if trials and missing:
         if progress:
             # MetaSchedule prints a task table to stdout after every batch; the bar replaces it
             # on the console (the console level is read when the task loggers are made, here),
             # and the full logs stay in DATABASE/logs. progress=False leaves logging alone.
             logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
+        if target.is_cuda:
+            space, strategy = "post-order-apply", "evolutionary"
+        else:
+            space, strategy = _template_space(target.tvm), "replay-trace"
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            extracted_tasks=missing, work_dir=database_dir, space="post-order-apply", strategy="evolutionary", seed=seed)
+            extracted_tasks=missing, work_dir=database_dir, space=space, strategy=strategy, seed=seed)
         # Every task first gets one batch, so keep batches small enough for all to get trials.
         per_iter = max(1, min(16, trials // len(missing)))
         evaluator = ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0)
@@ -139,6 +149,41 @@ def _fused_for(target):
     from rebirth_tvm.backend.kernels import fused_kernels
 
     return fused_kernels(target.tvm)
+
+
+def _conv_tasks_by_flops(tasks: list, trials: int) -> tuple[list, list]:
+    """The blocked-conv tasks (the only ones with choices), heaviest first, as many as the
+    budget gives a few trials each; and the rest, which keep their rules' schedules."""
+    from tvm import s_tir
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
+
+    convs = [t for t in tasks if BlockedConv.applies_to(s_tir.Schedule(t.dispatched[0]))]
+    convs.sort(key=lambda t: -estimate_tir_flops(t.dispatched[0]) * t.weight)
+    chosen = convs[:max(1, trials // TRIALS_PER_CONV)] if trials else convs
+    return chosen, [t for t in tasks if t not in chosen]
+
+
+#: trials a conv task needs to see its template's few tile choices
+TRIALS_PER_CONV = 8
+
+
+def _template_space(target: tvm.target.Target):
+    """MetaSchedule design space = the blocked-conv template with its tile sizes as choices
+    (the default among them): tuning samples the template's own space and keeps the fastest
+    measured, so it can only match or beat the untuned build (up to timing noise)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
+
+    rule = BlockedConv()
+
+    def schedule(sch):
+        rule.schedule(sch, target, tunable=True)
+        return sch
+
+    return ms.space_generator.ScheduleFn(schedule, sch_rules=[], postprocs=[], mutator_probs={})
 
 
 def compile_with_database(mod: tvm.IRModule, target, database, counts=None):

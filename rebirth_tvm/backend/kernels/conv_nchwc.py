@@ -46,6 +46,15 @@ def vector_registers(target) -> int:
     return 16
 
 
+def _choice(sch: s_tir.Schedule, default: int, options: list[int]):
+    """A tunable choice among ``options`` (the default always one of them), as a schedule
+    random variable a tuner samples; the plain value when there is nothing to choose."""
+    options = sorted(set(options) | {default})
+    if len(options) == 1:
+        return default
+    return sch.sample_categorical(options, [1.0 / len(options)] * len(options))
+
+
 def _extent(sch: s_tir.Schedule, loop) -> int | None:
     extent = sch.get(loop).extent
     return int(extent) if isinstance(extent, tirx.IntImm) else None
@@ -59,29 +68,45 @@ class BlockedConv(ScheduleRule):
     def apply(self, func, target, tunable):
         if not isinstance(func, tirx.PrimFunc):
             return None
+        sch = s_tir.Schedule(func)
         try:
-            return self._schedule(func, target)
+            return sch if self.schedule(sch, target, tunable) else None
         except Exception:  # noqa: BLE001  (a shape the template does not cover: the next rule)
             return None
 
-    def _schedule(self, func, target):
-        sch = s_tir.Schedule(func)
+    @staticmethod
+    def applies_to(sch: s_tir.Schedule) -> bool:
         try:
-            conv = sch.get_sblock(CONV_BLOCK)
-        except Exception:  # noqa: BLE001  (no blocked conv here)
-            return None
+            sch.get_sblock(CONV_BLOCK)
+            return True
+        except Exception:  # noqa: BLE001
+            return False
+
+    def schedule(self, sch: s_tir.Schedule, target, tunable: bool = False) -> bool:
+        """Schedule ``sch`` in place; False (``sch`` untouched) when it holds no blocked conv.
+
+        ``tunable``: the tile sizes become choices a tuner samples (``sample_categorical``, the
+        default among them), so tuning searches the template's own space and its best can only
+        match or beat the default.
+        """
+        if not self.applies_to(sch):
+            return False
+        conv = sch.get_sblock(CONV_BLOCK)
         loops = sch.get_loops(conv)
         if len(loops) != 8:
-            return None
+            return False
         n, occ, oh, ow, ocb, ic, kh, kw = loops
-        width, channels = _extent(sch, ow), _extent(sch, ic)
+        width, channels, chunks = _extent(sch, ow), _extent(sch, ic), _extent(sch, occ)
         in_block = int(sch.get(conv).reads[0].source.shape[-1])  # the data's channel block
-        if not width or not channels or channels % in_block:
-            return None
+        if not width or not channels or not chunks or channels % in_block:
+            return False
         tile_w = tile_width(width)
         # Two output-channel blocks per tile where the registers hold twice the accumulators:
         # each input value broadcast once feeds two weight vectors.
-        oc_tile = 2 if 2 * tile_w <= vector_registers(target) // 2 and _extent(sch, occ) % 2 == 0 else 1
+        oc_tile = 2 if 2 * tile_w <= vector_registers(target) // 2 and chunks % 2 == 0 else 1
+        if tunable:
+            tile_w = _choice(sch, tile_w, [w for w in range(2, min(width, 2 * MAX_TILE_W) + 1) if width % w == 0])
+            oc_tile = _choice(sch, oc_tile, [1, 2] if chunks % 2 == 0 else [1])
         consumers = self._consumers(sch, conv)
         for consumer in consumers[:-1]:
             sch.compute_inline(consumer)
@@ -116,7 +141,7 @@ class BlockedConv(ScheduleRule):
         # rolled channel-block loop left the narrow first conv at a third of the speed).
         for loop in (ow_inner, occ_inner, ocb):
             sch.unroll(loop)
-        return sch
+        return True
 
     @staticmethod
     def _consumers(sch, conv) -> list:

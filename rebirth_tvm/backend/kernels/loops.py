@@ -46,16 +46,17 @@ class ParallelLoops(ScheduleRule):
     def apply(self, func, target, tunable):
         if not isinstance(func, tirx.PrimFunc):
             return None
+        sch = s_tir.Schedule(func)
         try:
-            return self._schedule(func)
+            return sch if self.schedule(sch, target, tunable) else None
         except Exception:  # noqa: BLE001  (the function stays as it came: correct, serial)
             return None
 
-    def _schedule(self, func):
-        sch = s_tir.Schedule(func)
+    def schedule(self, sch, target=None, tunable: bool = False) -> bool:
+        """Schedule ``sch`` in place (nothing here is tunable); False when it has no blocks."""
         blocks = sch.get_child_blocks(sch.get_sblock("root")) if _has_root(sch) else []
         if not blocks:
-            return None
+            return False
         for block in blocks[:-1]:  # the last block writes the output: never inlined
             try:
                 sch.compute_inline(block)
@@ -63,7 +64,7 @@ class ParallelLoops(ScheduleRule):
                 pass
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             self._parallelize(sch, block)
-        return sch
+        return True
 
     def _parallelize(self, sch, block) -> None:
         loops = sch.get_loops(block)
