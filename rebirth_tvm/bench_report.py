@@ -79,8 +79,8 @@ def markdown(results: list[dict], env: dict, plots: list[str]) -> str:
         f"# Benchmark: original vs exact vs reborn ({env['target'].get('kind')}, {env['cpu']}, {env['cores']} cores)",
         "",
         f"Measured {env['date']} with `python -m rebirth_tvm.bench`. TVM variants of a model get the same MetaSchedule budget, "
-        "each in its own database (the table gives it per model; *untuned* means TVM's default schedules, typically many "
-        "times slower than tuned code, so untuned ratios say little about tuned speed)."
+        "each in its own database (the table gives it per model; *untuned* means the project's CPU kernels without tuning: "
+        "blocked-layout convs with a register-tiled template, parallel vectorised loops for the rest, on every core)."
         " onnxruntime: full graph optimisations, all cores. Latency: median (p10–p90) in ms over round-robin samples in one process.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in env['versions'].items())}. fp32 matmul ceiling: "
         f"{env['matmul_peak']['gflops']:.0f} GFLOP/s ({env['matmul_peak']['method']}, {env['matmul_peak']['blas']}).",

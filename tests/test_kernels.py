@@ -178,3 +178,35 @@ def test_tuning_searches_the_templates_own_space_default_included():
     choices = [inst for inst in sch.trace.insts if inst.kind.name == "SampleCategorical"]
     assert [int(v) for v in choices[0].attrs[0]] == [2, 4, 8, 16] and tile_width(16) == 8
     assert [int(v) for v in choices[1].attrs[0]] == [1, 2]
+
+
+@pytest.mark.parametrize("case", [
+    dict(in_ch=16, out_ch=24, size=9, kernel=3, pads=(1, 1, 1, 1)),              # NEON blocks of 4
+    dict(in_ch=3, out_ch=16, size=15, kernel=7, stride=2, pads=(3, 2, 3, 2)),     # the narrow first conv, asymmetric
+    dict(in_ch=12, out_ch=20, size=7, kernel=1),
+])
+def test_arm_kernels_under_qemu_match_the_x86_build(case):
+    # The aarch64 library itself (NEON blocks of 4), run by the native runner under
+    # qemu-aarch64, against the x86 build of the same module (itself checked against
+    # onnxruntime above): within the runner check's 1e-5.
+    import shutil
+
+    from rebirth_tvm.backend import native
+
+    missing = [t for t in ("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64") if shutil.which(t) is None]
+    if missing and os.environ.get("CI") != "true":
+        pytest.skip(f"{', '.join(missing)} not installed")
+    model = conv_model(**case)
+    module = rebirth_tvm.load(model)
+    arm = rebirth_tvm.build(module, resolve_target("arm", cpu="cortex-a72"))
+    assert arm.kernels["channel_block"] == 4 and arm.kernels.get("plain_loops", 0) == 0
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as work:
+        library = os.path.join(work, "model.so")
+        arm.export(library)
+        (out,), _ = native.run_library(library, [x], arch="aarch64", warmup=0, repeat=1)
+    ref = check_against_onnxruntime(model).run(x)
+    assert float(np.abs(out - ref).max()) / float(np.abs(ref).max()) <= native.VERIFY_TOLERANCE

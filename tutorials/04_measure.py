@@ -88,6 +88,6 @@ assert set(latency) == {"original", "exact"} and all(stats["median"] > 0 for sta
 assert breakdown["kernel_ms"] > 0 and max(breakdown["share"], key=breakdown["share"].get) == "conv"
 
 ######################################################################
-# Untuned TVM kernels are many times slower than tuned ones, so compare variants only at the
-# same tuning budget: ``python -m rebirth_tvm.bench --tune-trials N`` gives each variant its
-# own database with the same N trials.
+# Compare variants only at the same tuning budget (untuned, or ``python -m rebirth_tvm.bench
+# --tune-trials N``, which gives each variant its own database with the same N trials), and
+# always side by side in one process: the machine is shared and noisy.

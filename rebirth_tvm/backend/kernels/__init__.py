@@ -24,7 +24,8 @@ from tvm import relax, tirx
 
 from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
-from rebirth_tvm.backend.kernels.layout import block_remaining_convs, block_size, blocked_layout, legalize_conv2d
+from rebirth_tvm.backend.kernels.layout import (block_remaining_convs, block_size, blocked_layout, legalize_conv2d,
+                                               split_grouped_convs)
 from rebirth_tvm.backend.kernels.loops import ParallelLoops
 
 __all__ = ["KernelCounts", "cpu_pipeline", "fused_kernels", "rules_for"]
@@ -85,6 +86,8 @@ def fused_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
         with target:
             return tvm.transform.Sequential([
                 strength_reduce_power,
+                split_grouped_convs,
+                relax.transform.FoldConstant(),  # the weight slices of split convs
                 blocked_layout(block),
                 block_remaining_convs(block),
                 relax.transform.Normalize(),

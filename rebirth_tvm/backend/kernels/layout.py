@@ -51,7 +51,11 @@ def blocked_layout(block: int) -> tvm.transform.Pass:
 
 
 def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+    """The channel block for ``n`` channels: the largest power of two dividing ``n`` up to
+    ``limit`` when that is a useful vector (≥ 4: 24 channels → 8, not a 12-wide vector LLVM
+    would split), else the largest divisor."""
+    power = max(d for d in (1, 2, 4, 8, 16, 32, 64) if d <= limit and n % d == 0)
+    return power if power >= MIN_BLOCK else max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 #: a conv whose output channels give a block narrower than this stays in NCHW
@@ -96,6 +100,47 @@ class _BlockRemaining(relax.PyExprMutator):
         if padded != out_channels:
             out = relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[out_channels])
         return out
+
+
+#: a grouped conv with at most this many groups is split into one conv per group
+MAX_SPLIT_GROUPS = 8
+
+
+@relax.expr_functor.mutator
+class _SplitGroups(relax.PyExprMutator):
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+            return call
+        attrs = call.attrs
+        groups = int(attrs.groups)
+        data, weight = call.args
+        shape = getattr(data.ty, "shape", None)
+        if groups == 1 or groups > MAX_SPLIT_GROUPS or shape is None or str(attrs.data_layout) != "NCHW" \
+                or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
+            return call
+        in_per_group = int(shape[1]) // groups
+        out_per_group = int(weight.ty.shape[0]) // groups
+        if in_per_group == 1:
+            return call  # depthwise: one conv per channel would be no better
+        parts = []
+        for g in range(groups):
+            x = self.builder_.emit(relax.op.strided_slice(data, axes=[1], begin=[g * in_per_group], end=[(g + 1) * in_per_group]))
+            w = self.builder_.emit(relax.op.strided_slice(weight, axes=[0], begin=[g * out_per_group], end=[(g + 1) * out_per_group]))
+            parts.append(self.builder_.emit(relax.op.nn.conv2d(x, w, attrs.strides, attrs.padding, attrs.dilation, 1,
+                                                               "NCHW", "OIHW", "NCHW", _out_dtype(call))))
+        return relax.op.concat(parts, axis=1)
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitGroupedConvs")
+def split_grouped_convs(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+    """A grouped conv (AlexNet's two groups) as one conv per group and a concat: exact, and each
+    part a plain conv the blocked template takes (grouped convs have no blocked compute)."""
+    mutator = _SplitGroups(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()
 
 
 def block_remaining_convs(block: int) -> tvm.transform.Pass:
