@@ -91,7 +91,7 @@ class RefitClassifier:
         if result.kept_initial:  # the driver's "never worse": the original FC stays
             self.sites = [SiteRecord(self.pass_name, name, REFUSED,
                                      f"refitting would not bring the logits closer (held-out relative MSE {result.before['rel_mse']:.3g} → "
-                                     f"{result.after['rel_mse']:.3g} refitted): left as it was", exact=False, detail=result.detail)]
+                                     f"{result.detail['fidelity_hook']['rel_mse']:.3g} refitted): left as it was", exact=False, detail=result.detail)]
             publish(self.sites)
             return mod
         new_w, new_b = result.weight, result.bias

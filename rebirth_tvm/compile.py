@@ -6,6 +6,7 @@ prints each op's count before and after and the check against onnxruntime.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -157,20 +158,20 @@ def _compile(args) -> int:
         raise RebirthError("--rpc-key needs --rpc-tracker HOST:PORT")
     if args.rpc_tracker and not args.tune_trials and args.verify != "rpc" and args.select != "latency":
         raise RebirthError("--rpc-tracker is used for tuning (--tune-trials N), --verify rpc and --select latency; none was asked for")
-    tuning = TuningOptions(args.tune_trials, args.tuning_db, args.max_trials_per_task)
-    # Where the result goes is checked first: a bad --out fails now, not after the compile.
-    plan = OutputPlan.check(args.out, force=args.force, onnx_path=args.save_onnx,
-                            model_path=args.model if os.path.isfile(args.model) else None)
-    if args.tune_trials and not args.tuning_db:
-        tuning = TuningOptions(args.tune_trials, os.path.join(os.path.dirname(plan.out_dir), "tuning-db"), args.max_trials_per_task)
-    rpc = None
-    if args.rpc_tracker:
-        rpc = RpcDevice.parse(args.rpc_tracker, args.rpc_key)
-        rpc.check_reachable()
+    rpc = RpcDevice.parse(args.rpc_tracker, args.rpc_key) if args.rpc_tracker else None
     options = CompileOptions(
         target=resolve_target(args.target, args.cpu, args.arch), passes=args.passes, input_shape=parse_shape(args.input_shape),
         allow_kernel_padding=args.allow_kernel_padding, merge_parallel=not args.skip_merge_parallel, seed=args.seed,
-        rebirth=rebirth, tuning=tuning, rpc=rpc, verify=args.verify, runner=args.runner, evaluate=args.evaluate)
+        rebirth=rebirth, tuning=TuningOptions(args.tune_trials, args.tuning_db, args.max_trials_per_task), rpc=rpc,
+        verify=args.verify, runner=args.runner, evaluate=args.evaluate)
+    # Where the result goes is checked next: a bad --out fails now, not after the compile.
+    plan = OutputPlan.check(args.out, force=args.force, onnx_path=args.save_onnx,
+                            model_path=args.model if os.path.isfile(args.model) else None)
+    if args.tune_trials and not args.tuning_db:
+        options = dataclasses.replace(options, tuning=TuningOptions(
+            args.tune_trials, os.path.join(os.path.dirname(plan.out_dir), "tuning-db"), args.max_trials_per_task))
+    if rpc is not None:
+        rpc.check_reachable()  # a network wait: after every cheap check
     result = run(args.model, options)
 
     def announce(names):  # runs right after the commit: from there on a Ctrl-C changes nothing

@@ -210,3 +210,19 @@ def test_arm_kernels_under_qemu_match_the_x86_build(case):
         (out,), _ = native.run_library(library, [x], arch="aarch64", warmup=0, repeat=1)
     ref = check_against_onnxruntime(model).run(x)
     assert float(np.abs(out - ref).max()) / float(np.abs(ref).max()) <= native.VERIFY_TOLERANCE
+
+
+def test_a_power_whose_exponent_is_not_a_scalar_is_left_alone():
+    # power(x[2, 8], c[1, 1, 1]) has shape (1, 2, 8): replacing it by sqrt(x) would change it.
+    from tvm import relax
+
+    from rebirth_tvm.backend.kernels.arith import strength_reduce_power
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.power(x, relax.const(np.full((1, 1, 1), 0.5, np.float32))))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    tvm.ir.assert_structural_equal(strength_reduce_power(mod), mod)

@@ -93,3 +93,12 @@ def test_the_stages_give_a_rewritten_module_without_the_check(monkeypatch):
     assert isinstance(job.options.target, Target)
     assert [s.pass_name for s in exact.sites if s.status == "rewritten"] == ["FoldBatchNorm", "MergeParallelConvs"]
     assert "relax.nn.batch_norm" not in exact.module.script()
+
+
+def test_rebirth_keeps_its_positional_hook_and_names_an_unknown_option():
+    import rebirth_tvm
+
+    with pytest.raises(RebirthError, match="unknown rebirth option\\(s\\) tuckr"):
+        rebirth_tvm.rebirth(tiny_cnn(), "random", "lstsq", "all", tuckr=0.9)
+    # A refit (or fine-tuning) alone is something to relearn: accepted from Python too.
+    assert RebirthOptions(calib="random", streamline=False, branches=(), refit_classifier=True).refit_classifier

@@ -80,7 +80,7 @@ def build(mod: tvm.IRModule, target="x86", cpu: str | None = None, arch: str | N
     target = resolve_target(target, cpu, arch)
     counts = KernelCounts()
     built = _wrap(mod, target, lambda: _compile(mod, target, counts))
-    built.kernels = None if target.is_cuda else counts.to_json()
+    built.kernels = counts.to_json() if target.is_cpu else None
     return built
 
 
@@ -99,15 +99,15 @@ def build_tuned(mod: tvm.IRModule, target: Target, trials: int, database_dir: st
     counts = KernelCounts()
     built = _wrap(mod, target, lambda: compile_with_database(mod, target, database, counts))
     built.compile_seconds = time.perf_counter() - start
-    built.kernels = None if target.is_cuda else counts.to_json()
+    built.kernels = counts.to_json() if target.is_cpu else None
     return built, info
 
 
 def _compile(mod, target: Target, counts: KernelCounts):
     with target.tvm:
-        if target.is_cuda:
-            return tvm.compile(mod, target=target.tvm)
-        return tvm.compile(mod, target=target.tvm, relax_pipeline=cpu_pipeline(target.tvm, counts))
+        if target.is_cpu:
+            return tvm.compile(mod, target=target.tvm, relax_pipeline=cpu_pipeline(target.tvm, counts))
+        return tvm.compile(mod, target=target.tvm)  # CUDA and other GPUs: TVM's own GPU pipeline
 
 
 def _wrap(mod, target, make) -> BuiltModel:

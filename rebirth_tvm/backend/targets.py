@@ -166,6 +166,11 @@ class Target:
         return self.tvm.kind.name == "llvm" and str(self.tvm.attrs.get("mtriple", "")).startswith("aarch64")
 
     @property
+    def is_cpu(self) -> bool:
+        """An LLVM CPU target: built with the project's CPU kernels (:mod:`.kernels`)."""
+        return self.tvm.kind.name == "llvm"
+
+    @property
     def arch(self) -> str:
         """The native runner's architecture: ``host``, ``aarch64``, or ``cuda`` (no runner)."""
         return "cuda" if self.is_cuda else "aarch64" if self.is_aarch64 else "host"

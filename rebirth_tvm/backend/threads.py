@@ -15,29 +15,34 @@ from __future__ import annotations
 import os
 
 
-def available_cores() -> int:
-    """Physical cores this process may run on (its CPU affinity, hyper-threads counted once)."""
+def _allowed_cpus() -> list[int]:
     try:
-        allowed = len(os.sched_getaffinity(0))
+        return sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        allowed = os.cpu_count() or 1
-    try:
-        import psutil
+        return list(range(os.cpu_count() or 1))
 
-        physical = psutil.cpu_count(logical=False) or allowed
-        logical = psutil.cpu_count(logical=True) or allowed
-    except Exception:  # noqa: BLE001  (no psutil answer: trust the affinity)
-        return max(1, allowed)
-    per_core = max(1, logical // physical)  # hyper-threads per core
-    return max(1, allowed // per_core)
+
+def available_cores() -> int:
+    """Physical cores among the CPUs this process may run on: hyper-thread siblings (read from
+    sysfs) counted once; where the topology cannot be read, every allowed CPU."""
+    cores = set()
+    for cpu in _allowed_cpus():
+        topology = f"/sys/devices/system/cpu/cpu{cpu}/topology"
+        try:
+            with open(f"{topology}/physical_package_id") as package, open(f"{topology}/core_id") as core:
+                cores.add((package.read().strip(), core.read().strip()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # unknown topology: this CPU is its own core
+    return max(1, len(cores))
 
 
 def use_all_cores() -> int:
     """Set ``TVM_NUM_THREADS`` to :func:`available_cores` unless the user set a thread count;
     returns the count TVM will use. Call before the first TVM kernel runs."""
     for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
-        if os.environ.get(name, "").strip():
-            return int(os.environ[name]) if os.environ[name].strip().isdigit() else available_cores()
+        value = os.environ.get(name, "").strip()
+        if value:
+            return int(value) if value.isdigit() else 1
     count = available_cores()
     os.environ["TVM_NUM_THREADS"] = str(count)
     return count

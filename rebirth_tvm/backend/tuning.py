@@ -1,11 +1,12 @@
 """MetaSchedule tuning with a database that is reused across runs.
 
-Untuned TVM CPU code is 30–100× slower than a tuned build, so every speed claim needs this.
-What the notes taught us, built in:
+On CPU targets the untuned build already has a schedule for every kernel (:mod:`.kernels`);
+tuning searches the blocked-conv template's tile sizes, heaviest convs first, and every other
+kernel keeps its rule's schedule. On GPU targets it is TVM's generic search. Built in:
 
-* tasks come from the *fused* module (``relax.get_pipeline("zero")``): on the raw module there
-  are none, and the database keys are the fused PrimFuncs, so tuning and applying use the same
-  fusion;
+* tasks come from the *fused* module the build schedules (the CPU kernels' blocked, fused
+  module; ``relax.get_pipeline("zero")`` on GPUs): the database keys are those PrimFuncs, so
+  tuning and applying see the same kernels;
 * the default builder re-imports ``tvm.s_tir.tensor_intrin`` (15 s) in every fresh worker pool
   and times out at 30 s on two busy cores; :func:`fast_build` skips that and the timeout is 120 s;
 * the database is a JSON directory (``--tuning-db``): tasks that already have records are not
@@ -92,11 +93,14 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
     missing = [t for t in extracted if not database.has_workload(t.dispatched[0])]
     info = {"tasks": len(extracted), "tasks_already_tuned": len(extracted) - len(missing), "tasks_tuned": 0,
             "trials": trials, "database": os.path.abspath(database_dir)}
-    if not target.is_cuda:
+    if target.is_cpu:
         # CPU: only the blocked convs have choices (their tile sizes, in the template's own
         # space); every other kernel keeps its rule's schedule. The budget goes to the convs
         # with the most FLOPs first, so a short tuning spends it where the time is.
-        missing, _ = _conv_tasks_by_flops(missing, trials)
+        # Chosen among all the convs, then the ones the database lacks: a rerun with the same
+        # budget and database tunes nothing again.
+        chosen = {id(t) for t in _conv_tasks_by_flops(extracted, trials)[0]}
+        missing = [t for t in missing if id(t) in chosen]
         info["tasks_kept_template"] = len(extracted) - info["tasks_already_tuned"] - len(missing)
     if trials and missing:
         if progress:
@@ -104,10 +108,10 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
             # on the console (the console level is read when the task loggers are made, here),
             # and the full logs stay in DATABASE/logs. progress=False leaves logging alone.
             logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
-        if target.is_cuda:
-            space, strategy = "post-order-apply", "evolutionary"
-        else:
+        if target.is_cpu:
             space, strategy = _template_space(target.tvm), "replay-trace"
+        else:
+            space, strategy = "post-order-apply", "evolutionary"
         contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
             extracted_tasks=missing, work_dir=database_dir, space=space, strategy=strategy, seed=seed)
         # Every task first gets one batch, so keep batches small enough for all to get trials.
@@ -140,7 +144,7 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
 def _fused_for(target):
     """What the build fuses and schedules for ``target``: the CPU kernels pipeline's fused
     module on llvm targets, TVM's own ("zero") elsewhere."""
-    if target.is_cuda:
+    if not target.is_cpu:
         def fused(mod):
             with target.tvm:
                 return relax.get_pipeline("zero")(mod)
@@ -154,12 +158,12 @@ def _fused_for(target):
 def _conv_tasks_by_flops(tasks: list, trials: int) -> tuple[list, list]:
     """The blocked-conv tasks (the only ones with choices), heaviest first, as many as the
     budget gives a few trials each; and the rest, which keep their rules' schedules."""
-    from tvm import s_tir
     from tvm.s_tir.analysis import estimate_tir_flops
 
     from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
 
-    convs = [t for t in tasks if BlockedConv.applies_to(s_tir.Schedule(t.dispatched[0]))]
+    rule = BlockedConv()
+    convs = [t for t in tasks if rule.apply(t.dispatched[0]["main"], t.target, False) is not None]  # the template takes it
     convs.sort(key=lambda t: -estimate_tir_flops(t.dispatched[0]) * t.weight)
     chosen = convs[:max(1, trials // TRIALS_PER_CONV)] if trials else convs
     return chosen, [t for t in tasks if t not in chosen]
@@ -171,8 +175,9 @@ TRIALS_PER_CONV = 8
 
 def _template_space(target: tvm.target.Target):
     """MetaSchedule design space = the blocked-conv template with its tile sizes as choices
-    (the default among them): tuning samples the template's own space and keeps the fastest
-    measured, so it can only match or beat the untuned build (up to timing noise)."""
+    (the untuned choice among them): tuning samples the template's own space, around the
+    default, instead of searching from scratch. (Random samples: with few trials the default
+    itself may go unmeasured, so a tuned conv is not guaranteed to beat it.)"""
     from tvm.s_tir import meta_schedule as ms
 
     from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
@@ -180,7 +185,8 @@ def _template_space(target: tvm.target.Target):
     rule = BlockedConv()
 
     def schedule(sch):
-        rule.schedule(sch, target, tunable=True)
+        if not rule.schedule(sch, target, tunable=True):  # (tasks are chosen where the template applies)
+            raise ValueError("not a blocked conv")
         return sch
 
     return ms.space_generator.ScheduleFn(schedule, sch_rules=[], postprocs=[], mutator_probs={})
@@ -191,7 +197,7 @@ def compile_with_database(mod: tvm.IRModule, target, database, counts=None):
     schedule rules take every other kernel (``counts`` says how many each)."""
     from tvm.s_tir import meta_schedule as ms
 
-    if target.is_cuda:
+    if not target.is_cpu:
         return ms.relax_integration.compile_relax(database, mod, target.tvm, params=None)
     from rebirth_tvm.backend.kernels import cpu_pipeline
 

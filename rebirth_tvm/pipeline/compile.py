@@ -135,13 +135,21 @@ def apply_passes(mod: tvm.IRModule, passes: str = "exact", allow_kernel_padding:
     return mod, list(sites)
 
 
-def rebirth(model, calib, target="x86", input_shape=None, passes: str = "exact", **options):
+def rebirth(model, calib, hook="lstsq", sites="all", target="x86", input_shape=None, passes: str = "exact", **options):
     """Rebirth a model: exact passes, then the relearned rewrites. Returns ``(module, report)``.
 
     ``calib`` is a folder of images, an ``.npy`` file, an array or iterable of inputs, or
-    ``"random"``; ``options`` are :class:`RebirthOptions`'s (``hook``, ``sites``, ``branches``,
-    ``tucker``, ...). The report holds every site (with its fidelity) and the end-to-end
-    ``fidelity``; :func:`compile_model` also returns the build.
+    ``"random"``; ``hook`` is ``"lstsq"``, ``"sgd"``, ``"module:function"`` or a callable
+    ``hook(RetrainSite) -> (weight, bias)``; ``sites`` is ``"all"`` or names / glob patterns;
+    ``options`` are the rest of :class:`RebirthOptions` (``branches``, ``tucker``, ...). The
+    report holds every site (with its fidelity) and the end-to-end ``fidelity``;
+    :func:`compile_model` also returns the build.
     """
-    result = compile_model(model, target=target, passes=passes, input_shape=input_shape, rebirth=RebirthOptions(calib=calib, **options))
+    from rebirth_tvm.core.errors import RebirthError
+
+    unknown = set(options) - set(RebirthOptions.__dataclass_fields__)
+    if unknown:
+        raise RebirthError(f"unknown rebirth option(s) {', '.join(sorted(unknown))}; known: {', '.join(RebirthOptions.__dataclass_fields__)}")
+    options = RebirthOptions(calib=calib, hook=hook, sites=sites, **options)
+    result = compile_model(model, target=target, passes=passes, input_shape=input_shape, rebirth=options)
     return result.module, result.report

@@ -74,7 +74,7 @@ class RebirthOptions:
             raise RebirthError(f"--pool-kernel {self.pool_kernel!r}: use {', '.join(POOL_KERNELS)}")
         if self.branch_pool_kernel not in BRANCH_POOL_KERNELS:
             raise RebirthError(f"branch_pool_kernel {self.branch_pool_kernel!r}: use {', '.join(BRANCH_POOL_KERNELS)}")
-        if not self.streamline and not self.branches and self.tucker is None:
+        if not self.streamline and not self.branches and self.tucker is None and not self.refit_classifier and self.finetune is None:
             raise RebirthError("--no-streamline with --branches none leaves nothing to relearn")
         if self.tucker is not None and not 0 < self.tucker <= 1:
             raise RebirthError(f"--tucker ENERGY must be in (0, 1], got {self.tucker}")

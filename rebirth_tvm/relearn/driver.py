@@ -113,11 +113,13 @@ def fit(hook, name: str, geometry: ConvGeometry, init_weight: np.ndarray, init_b
     before = passed_on_fidelity(conv2d_numpy(test_x, init_weight, init_bias, geometry), test_t, relu)
     after = passed_on_fidelity(conv2d_numpy(test_x, weight, bias, geometry), test_t, relu)
     kept_initial = after["rel_mse"] > before["rel_mse"] and isinstance(hook, BUILTIN_HOOKS)
+    hook_fidelity = after
     if kept_initial:
         weight, bias, after = np.asarray(init_weight, np.float64), np.asarray(init_bias, np.float64), before
     statistics = getattr(hook, "last_fit", None)  # hooks that can say how well-posed the fit was
     detail = {"fidelity_initial": before, "fidelity": after,
               "fidelity_channel_mean": channel_mean_fidelity(train_t, test_t, relu),
+              **({"fidelity_hook": hook_fidelity} if kept_initial else {}),  # what the hook's fit reached
               "held_out": held, "calibration": len(inputs), "kept_initial": kept_initial,
               **({"fit": statistics} if statistics else {}), "seconds": round(time.perf_counter() - start, 3)}
     if max_error is not None and after["rel_mse"] > max_error:

@@ -4,9 +4,10 @@ The ONNX importer writes LRN as ``x / (k + α·avg(x²))^β`` with ``β = 0.75``
 AlexNet): a scalar ``powf`` per element, which LLVM cannot vectorise and which took 5% of
 GoogLeNet's time on its own. ``x^0.75 = √x · √√x``, ``x^0.5 = √x``, ``x^2 = x·x``, ``x^1 = x``:
 vector square roots and multiplies, equal to ``pow`` up to float rounding (a few ulp: well
-inside the exact check's tolerance, which every build still passes). Negative, zero, infinite
-and NaN inputs give what ``pow`` gives (``√`` of a negative is NaN, as ``pow`` with a
-non-integer exponent is). Other exponents are left as they are.
+inside the exact check's tolerance, which every build still passes). Finite negative inputs give
+NaN as ``pow`` does for a non-integer exponent; ``-inf`` and ``-0`` differ from ``pow`` (NaN
+and +0 where ``pow`` gives +inf and -0), which a LRN's positive base never meets. Other
+exponents are left as they are.
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def _scalar(expr) -> float | None:
     if not isinstance(expr, tvm.ir.GenericConst):
         return None
     value = expr.value.numpy()
-    if value.size != 1 or not np.issubdtype(value.dtype, np.floating):
+    # Rank 0 only: a (1, 1, 1) exponent would broadcast the result to a higher rank.
+    if value.ndim != 0 or not np.issubdtype(value.dtype, np.floating):
         return None
     return float(value.reshape(()))
 

@@ -78,9 +78,10 @@ class _BlockRemaining(relax.PyExprMutator):
             return call
         data, weight = call.args
         shape = getattr(data.ty, "shape", None)
-        if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        weight_shape = getattr(weight.ty, "shape", None)
+        if shape is None or weight_shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in [*shape, *weight_shape]):
             return call
-        in_channels, out_channels = int(shape[1]), int(weight.ty.shape[0])
+        in_channels, out_channels = int(shape[1]), int(weight_shape[0])
         ic, oc = _largest_divisor(in_channels, self.block), _largest_divisor(out_channels, self.block)
         padded = out_channels
         if oc < self.block and out_channels > self.block and isinstance(weight, tvm.ir.GenericConst):
@@ -119,8 +120,11 @@ class _SplitGroups(relax.PyExprMutator):
         if groups == 1 or groups > MAX_SPLIT_GROUPS or shape is None or str(attrs.data_layout) != "NCHW" \
                 or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
             return call
+        weight_shape = getattr(weight.ty, "shape", None)
+        if weight_shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in [*shape, *weight_shape]):
+            return call  # symbolic channels: left as it is
         in_per_group = int(shape[1]) // groups
-        out_per_group = int(weight.ty.shape[0]) // groups
+        out_per_group = int(weight_shape[0]) // groups
         if in_per_group == 1:
             return call  # depthwise: one conv per channel would be no better
         parts = []
@@ -181,7 +185,7 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
     plain = relax.op.nn.conv2d(data, weight, attrs.strides, attrs.padding, attrs.dilation, int(attrs.groups),
                                "NCHW", "OIHW", "NCHW", _out_dtype(call))
     out = bb.emit(default_conv2d(bb, bb.normalize(plain)))
-    return relax.op.layout_transform(out, index_map=_block_map(out_layout))
+    return relax.op.layout_transform(out, index_map=_block_map(out_layout)) if _is_blocked(out_layout) else out
 
 
 def _out_dtype(call: relax.Call) -> str:
