@@ -16,6 +16,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from rebirth_tvm.backend.kernels.base import rewrite_functions
+
 #: exponent → how to build ``x^exponent`` from ``x`` (with the op constructors)
 _FORMS = {
     0.5: lambda x: relax.op.sqrt(x),
@@ -51,8 +53,4 @@ class _Power(relax.PyExprMutator):
 @tvm.transform.module_pass(opt_level=0, name="StrengthReducePower")
 def strength_reduce_power(mod: tvm.IRModule, ctx) -> tvm.IRModule:
     """Rewrite ``power(x, c)`` for ``c`` in 0.5, 0.75, 1, 2 (see the module docstring)."""
-    mutator = _Power(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_functions(mod, _Power(mod))

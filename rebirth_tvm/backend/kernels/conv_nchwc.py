@@ -20,9 +20,9 @@ split) is left to the next rule: it returns None and never raises.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import s_tir
 
+from rebirth_tvm.backend.kernels.base import InPlaceRule, extent
 from rebirth_tvm.backend.kernels.layout import CONV_BLOCK
 
 #: the widest register tile along the output width (× the channel block: the accumulators)
@@ -55,24 +55,10 @@ def _choice(sch: s_tir.Schedule, default: int, options: list[int]):
     return sch.sample_categorical(options, [1.0 / len(options)] * len(options))
 
 
-def _extent(sch: s_tir.Schedule, loop) -> int | None:
-    extent = sch.get(loop).extent
-    return int(extent) if isinstance(extent, tirx.IntImm) else None
-
-
-class BlockedConv(ScheduleRule):
+class BlockedConv(InPlaceRule):
     """Schedules a PrimFunc holding one ``conv2d_NCHWc`` block (see the module docstring)."""
 
     name = "blocked_conv"
-
-    def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            return sch if self.schedule(sch, target, tunable) else None
-        except Exception:  # noqa: BLE001  (a shape the template does not cover: the next rule)
-            return None
 
     @staticmethod
     def applies_to(sch: s_tir.Schedule) -> bool:
@@ -96,7 +82,7 @@ class BlockedConv(ScheduleRule):
         if len(loops) != 8:
             return False
         n, occ, oh, ow, ocb, ic, kh, kw = loops
-        width, channels, chunks = _extent(sch, ow), _extent(sch, ic), _extent(sch, occ)
+        width, channels, chunks = extent(sch, ow), extent(sch, ic), extent(sch, occ)
         in_block = int(sch.get(conv).reads[0].source.shape[-1])  # the data's channel block
         if not width or not channels or not chunks or channels % in_block:
             return False
@@ -132,7 +118,7 @@ class BlockedConv(ScheduleRule):
             except Exception:  # noqa: BLE001  (a producer that cannot move keeps its own loops)
                 continue
             inner = sch.get_loops(producer)[-1]
-            if name.endswith("pad") and _extent(sch, inner) and _extent(sch, inner) > 1:
+            if name.endswith("pad") and extent(sch, inner) and extent(sch, inner) > 1:
                 sch.vectorize(inner)
 
         init = sch.decompose_reduction(conv, ic_outer)

@@ -23,6 +23,8 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as default_conv2d
 
+from rebirth_tvm.backend.kernels.base import rewrite_functions
+
 #: the name of the blocked conv's compute block (TOPI's), which the conv rule looks for
 CONV_BLOCK = "conv2d_NCHWc"
 
@@ -140,11 +142,7 @@ class _SplitGroups(relax.PyExprMutator):
 def split_grouped_convs(mod: tvm.IRModule, ctx) -> tvm.IRModule:
     """A grouped conv (AlexNet's two groups) as one conv per group and a concat: exact, and each
     part a plain conv the blocked template takes (grouped convs have no blocked compute)."""
-    mutator = _SplitGroups(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get()
+    return rewrite_functions(mod, _SplitGroups(mod))
 
 
 def block_remaining_convs(block: int) -> tvm.transform.Pass:
@@ -154,11 +152,7 @@ def block_remaining_convs(block: int) -> tvm.transform.Pass:
 
     @tvm.transform.module_pass(opt_level=0, name="BlockRemainingConvs")
     def transform(mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        mutator = _BlockRemaining(mod, block)
-        for gvar, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-        return mutator.builder_.get()
+        return rewrite_functions(mod, _BlockRemaining(mod, block))
 
     return transform
 

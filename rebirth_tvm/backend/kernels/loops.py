@@ -16,8 +16,9 @@ and never fails a build; the result is always correct, if not always fast.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
-from tvm.s_tir.dlight.base import ScheduleRule
+from tvm import tirx
+
+from rebirth_tvm.backend.kernels.base import InPlaceRule, extent
 
 #: below this many output elements a kernel runs serially (a parallel launch costs more)
 MIN_PARALLEL_WORK = 4096
@@ -25,32 +26,18 @@ MIN_PARALLEL_WORK = 4096
 MAX_VECTOR = 64
 
 
-def _extent(sch, loop) -> int | None:
-    extent = sch.get(loop).extent
-    return int(extent) if isinstance(extent, tirx.IntImm) else None
-
-
 def _iter_kinds(sch, block) -> list[str]:
     """'S' (spatial) or 'R' (reduction, or anything else) per block iter var, in order."""
     return ["S" if iv.iter_type == tirx.IterVar.DataPar else "R" for iv in sch.get(block).iter_vars]
 
 
-class ParallelLoops(ScheduleRule):
+class ParallelLoops(InPlaceRule):
     """Parallel + vectorised loops for any function (see the module docstring)."""
 
     name = "parallel_loops"
 
     def __init__(self, vector_lanes: int = 8):
         self.vector_lanes = vector_lanes
-
-    def apply(self, func, target, tunable):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        try:
-            return sch if self.schedule(sch, target, tunable) else None
-        except Exception:  # noqa: BLE001  (the function stays as it came: correct, serial)
-            return None
 
     def schedule(self, sch, target=None, tunable: bool = False) -> bool:
         """Schedule ``sch`` in place (nothing here is tunable); False when it has no blocks."""
@@ -76,7 +63,7 @@ class ParallelLoops(ScheduleRule):
             spatial += 1
         if spatial == 0:
             return
-        extents = [_extent(sch, loop) for loop in loops]
+        extents = [extent(sch, loop) for loop in loops]
         if any(e is None for e in extents):
             return
         work = 1
