@@ -184,6 +184,7 @@ def test_tuning_searches_the_templates_own_space_default_included():
     dict(in_ch=16, out_ch=24, size=9, kernel=3, pads=(1, 1, 1, 1)),              # NEON blocks of 4
     dict(in_ch=3, out_ch=16, size=15, kernel=7, stride=2, pads=(3, 2, 3, 2)),     # the narrow first conv, asymmetric
     dict(in_ch=12, out_ch=20, size=7, kernel=1),
+    dict(in_ch=16, out_ch=16, size=9, kernel=3, stride=2, pads=(1, 1, 1, 1), groups=16),  # depthwise
 ])
 def test_arm_kernels_under_qemu_match_the_x86_build(case):
     # The aarch64 library itself (NEON blocks of 4), run by the native runner under
@@ -226,3 +227,93 @@ def test_a_power_whose_exponent_is_not_a_scalar_is_left_alone():
         bb.emit_func_output(out)
     mod = bb.get()
     tvm.ir.assert_structural_equal(strength_reduce_power(mod), mod)
+
+
+def inverted_residual_model(channels=24, expand=4, size=14, stride=1, seed=0):
+    """MobileNetV2's block: 1×1 expand + ReLU6 (ONNX Clip), depthwise 3×3 + ReLU6, 1×1 project,
+    and the residual add when the shape allows it."""
+    r = np.random.default_rng(seed)
+    wide = channels * expand
+
+    def weight(name, shape):
+        return numpy_helper.from_array(r.normal(0, 0.3, shape).astype(np.float32), name)
+
+    inits = [weight("w1", (wide, channels, 1, 1)), weight("b1", (wide,)), weight("w2", (wide, 1, 3, 3)), weight("b2", (wide,)),
+             weight("w3", (channels, wide, 1, 1)), weight("b3", (channels,)),
+             numpy_helper.from_array(np.array(0.0, np.float32), "lo"), numpy_helper.from_array(np.array(6.0, np.float32), "hi")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["e"], kernel_shape=[1, 1]),
+        helper.make_node("Clip", ["e", "lo", "hi"], ["e6"]),
+        helper.make_node("Conv", ["e6", "w2", "b2"], ["d"], kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride],
+                         group=wide),
+        helper.make_node("Clip", ["d", "lo", "hi"], ["d6"]),
+        helper.make_node("Conv", ["d6", "w3", "b3"], ["p"], kernel_shape=[1, 1]),
+    ]
+    out = "p"
+    if stride == 1:
+        nodes.append(helper.make_node("Add", ["x", "p"], ["y"]))
+        out = "y"
+    graph = helper.make_graph(nodes, "inverted_residual", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size])],
+                              [helper.make_tensor_value_info(out, TensorProto.FLOAT, None)], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+@pytest.mark.parametrize("case", [
+    dict(in_ch=16, out_ch=16, size=10, kernel=3, pads=(1, 1, 1, 1), groups=16),
+    dict(in_ch=32, out_ch=32, size=11, kernel=3, stride=2, pads=(0, 1, 2, 1), groups=32),  # strided, asymmetric
+    dict(in_ch=24, out_ch=24, size=9, kernel=5, pads=(2, 2, 2, 2), groups=24),             # 24 channels: blocks of 8
+    dict(in_ch=8, out_ch=8, size=7, kernel=3, groups=8, relu=False, bias=False),
+])
+def test_depthwise_convs_get_the_depthwise_template_and_match_onnxruntime(case):
+    built = check_against_onnxruntime(conv_model(**case))
+    assert built.kernels.get("depthwise_conv") == 1 and built.kernels.get("plain_loops", 0) == 0, built.kernels
+
+
+def test_a_depthwise_conv_with_a_channel_multiplier_falls_back_and_stays_exact():
+    built = check_against_onnxruntime(conv_model(16, 32, 9, 3, pads=(1, 1, 1, 1), groups=16))
+    assert "depthwise_conv" not in built.kernels  # the template takes one filter per channel only
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_relu6_blocks_stay_in_the_blocked_layout(stride):
+    # The importer's Clip kernels lifted back to Relax ops: the blocked layout carries through
+    # them, so each conv's clip is fused into its write-back and the only layout transforms are
+    # at the block's edges.
+    model = inverted_residual_model(stride=stride)
+    built = check_against_onnxruntime(model)
+    assert built.kernels["channel_block"] == 8  # 24 channels: the network's block
+    target = resolve_target("x86").tvm
+    fused = fused_kernels(target)(rebirth_tvm.load(model))
+    names = [gv.name_hint for gv, f in fused.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert sum("layout_transform" in n for n in names) == 2, names  # in and out
+    assert sum("minimum" in n and "conv2d" in n for n in names) == 2, names
+
+
+def test_only_the_importers_own_clip_kernels_are_lifted():
+    from tvm import relax, topi
+
+    from rebirth_tvm.backend.kernels.lift import lift_clip_bounds
+
+    def module(te_op):
+        bb = relax.BlockBuilder()
+        x = relax.Var("x", relax.TensorType((2, 8), "float32"))
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                out = bb.emit_output(bb.emit_te(te_op, x, relax.const(6.0, "float32")))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    lifted = lift_clip_bounds(module(topi.minimum))["main"]
+    assert "R.minimum" in lifted.script() and "call_tir" not in lifted.script()
+    for other in (topi.add, lambda x, c: topi.minimum(x, topi.multiply(c, 2.0))):
+        mod = module(other)
+        tvm.ir.assert_structural_equal(lift_clip_bounds(mod), mod)  # not a plain clip bound: untouched
+
+
+def test_the_network_block_is_the_widest_its_convs_divide():
+    from rebirth_tvm.backend.kernels.layout import network_block
+
+    assert network_block(rebirth_tvm.load(inverted_residual_model(channels=24)), 16) == 8
+    assert network_block(rebirth_tvm.load(inverted_residual_model(channels=32)), 16) == 16
+    assert network_block(rebirth_tvm.load(conv_model(3, 64, 15, 7)), 16) == 16  # a 3-channel input does not count
+    assert network_block(rebirth_tvm.load(conv_model(24, 20, 9, 3)), 8) == 4

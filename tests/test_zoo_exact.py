@@ -43,4 +43,5 @@ def test_zoo_model_matches_onnxruntime(name):
     # every model's convs run the blocked template.
     kernels = report["kernels"]
     assert kernels.get("plain_loops", 0) == 0 and kernels["blocked_conv"] > 0, kernels
-    assert kernels["kernels"] == kernels["blocked_conv"] + kernels["parallel_loops"]
+    assert kernels["kernels"] == kernels["blocked_conv"] + kernels.get("depthwise_conv", 0) + kernels["parallel_loops"]
+    assert (kernels.get("depthwise_conv", 0) > 0) == (name == "mobilenet_v2")  # the zoo's one depthwise net

@@ -4,9 +4,10 @@ untuned build is fast (TVM 0.27's CPU pipeline schedules nothing: every kernel i
 :func:`cpu_pipeline` is the Relax pipeline :mod:`rebirth_tvm.backend.build` uses for x86 and
 arm: TVM's CPU pipeline with two additions —
 
-1. before legalization, convs go to the blocked layout (:mod:`.layout`; weights packed once);
+1. before legalization, the importer's clips become Relax ops again (:mod:`.lift`) and convs go
+   to the blocked layout (:mod:`.layout`; weights packed once);
 2. after fusion, every kernel gets a schedule from the first rule that takes it
-   (:mod:`.conv_nchwc` for blocked convs, :mod:`.loops` for everything else); a tuning
+   (:mod:`.conv_nchwc` for blocked convs, :mod:`.depthwise` for depthwise ones, :mod:`.loops` for everything else); a tuning
    database, when given, comes first.
 
 :class:`KernelCounts` records, per build, how many kernels each rule scheduled, how many came
@@ -24,8 +25,10 @@ from tvm import relax, tirx
 
 from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
+from rebirth_tvm.backend.kernels.depthwise import DepthwiseConv
 from rebirth_tvm.backend.kernels.layout import (block_remaining_convs, block_size, blocked_layout, legalize_conv2d,
-                                               split_grouped_convs)
+                                               network_block, split_grouped_convs)
+from rebirth_tvm.backend.kernels.lift import lift_clip_bounds
 from rebirth_tvm.backend.kernels.loops import ParallelLoops
 
 __all__ = ["KernelCounts", "cpu_pipeline", "fused_kernels", "rules_for"]
@@ -45,7 +48,7 @@ class KernelCounts:
 
 def rules_for(target: tvm.target.Target) -> list:
     """The schedule rules, in the order they are tried."""
-    return [BlockedConv(), ParallelLoops(vector_lanes=block_size(target))]
+    return [BlockedConv(), DepthwiseConv(), ParallelLoops(vector_lanes=block_size(target))]
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleKernels")
@@ -76,18 +79,20 @@ class ScheduleKernels:
         return mod
 
 
-def fused_kernels(target: tvm.target.Target) -> tvm.transform.Pass:
+def fused_kernels(target: tvm.target.Target, counts: KernelCounts | None = None) -> tvm.transform.Pass:
     """Up to the kernels, unscheduled: the blocked layout, legalization, weights packed, fusion.
-    What :func:`cpu_pipeline` schedules, and what tuning extracts its tasks from."""
-    block = block_size(target)
+    What :func:`cpu_pipeline` schedules, and what tuning extracts its tasks from. The channel
+    block is chosen for the module (:func:`~.layout.network_block`) and recorded in ``counts``."""
 
     @tvm.transform.module_pass(opt_level=0, name="RebirthFusedKernels")
     def fused(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         with target:
+            mod = tvm.transform.Sequential([lift_clip_bounds, strength_reduce_power, split_grouped_convs,
+                                            relax.transform.FoldConstant()])(mod)  # the weight slices of split convs
+            block = network_block(mod, block_size(target))
+            if counts is not None:
+                counts.block = block
             return tvm.transform.Sequential([
-                strength_reduce_power,
-                split_grouped_convs,
-                relax.transform.FoldConstant(),  # the weight slices of split convs
                 blocked_layout(block),
                 block_remaining_convs(block),
                 relax.transform.Normalize(),
@@ -111,11 +116,10 @@ def cpu_pipeline(target: tvm.target.Target, counts: KernelCounts | None = None, 
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     counts = counts if counts is not None else KernelCounts()
-    counts.block = block_size(target)
 
     @tvm.transform.module_pass(opt_level=0, name="RebirthCPUPipeline")
     def pipeline(mod: tvm.IRModule, ctx) -> tvm.IRModule:
-        passes = cpu.library_dispatch_passes(target) + [fused_kernels(target)]
+        passes = cpu.library_dispatch_passes(target) + [fused_kernels(target, counts)]
         if database is not None:  # tuned kernels first; the rules schedule the rest
             passes.append(relax.transform.MetaScheduleApplyDatabase(enable_warning=False))
         passes.append(ScheduleKernels(target, counts))

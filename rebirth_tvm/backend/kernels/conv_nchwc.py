@@ -93,7 +93,7 @@ class BlockedConv(InPlaceRule):
         if tunable:
             tile_w = _choice(sch, tile_w, [w for w in range(2, min(width, 2 * MAX_TILE_W) + 1) if width % w == 0])
             oc_tile = _choice(sch, oc_tile, [1, 2] if chunks % 2 == 0 else [1])
-        consumers = self._consumers(sch, conv)
+        consumers = consumer_chain(sch, conv)
         for consumer in consumers[:-1]:
             sch.compute_inline(consumer)
         occ_outer, occ_inner = sch.split(occ, [None, oc_tile])
@@ -129,13 +129,13 @@ class BlockedConv(InPlaceRule):
             sch.unroll(loop)
         return True
 
-    @staticmethod
-    def _consumers(sch, conv) -> list:
-        """The chain of single consumers after the conv (bias add, ReLU, ...), in order."""
-        chain, block = [], conv
-        while True:
-            consumers = sch.get_consumers(block)
-            if len(consumers) != 1:
-                return chain
-            block = consumers[0]
-            chain.append(block)
+
+def consumer_chain(sch: s_tir.Schedule, block) -> list:
+    """The chain of single consumers after ``block`` (bias add, ReLU, ...), in order."""
+    chain = []
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1:
+            return chain
+        block = consumers[0]
+        chain.append(block)

@@ -27,6 +27,8 @@ from rebirth_tvm.backend.kernels.base import rewrite_functions
 
 #: the name of the blocked conv's compute block (TOPI's), which the conv rule looks for
 CONV_BLOCK = "conv2d_NCHWc"
+#: the name of the blocked depthwise conv's compute block, which the depthwise rule looks for
+DEPTHWISE_BLOCK = "depthwise_conv2d_NCHWc"
 
 
 def block_size(target: tvm.target.Target) -> int:
@@ -47,9 +49,93 @@ def block_size(target: tvm.target.Target) -> int:
     return 4
 
 
+#: the share of the conv work whose channels a network's block must divide
+BLOCK_COVERAGE = 0.95
+
+
+def network_block(mod: tvm.IRModule, widest: int) -> int:
+    """The channel block for ``mod``: the widest power of two up to ``widest`` (the vector width)
+    that divides the input and output channels of the convs doing :data:`BLOCK_COVERAGE` of the
+    conv work (narrower first convs left out: no block helps them).
+
+    One block for the whole network keeps the layout blocked from conv to conv. A wider block
+    that some convs cannot take sends those back to NCHW with a layout transform on each side
+    and their element-wise ops with them (MobileNetV2's 24-channel layers with blocks of 16:
+    a fifth of its time in transforms); halving the vector costs the compute-bound convs less.
+    """
+    work = _conv_work(mod)
+    total = sum(w for w, _ in work)
+    block = widest
+    while block > MIN_BLOCK and total:
+        covered = sum(w for w, channels in work if all(c % block == 0 for c in channels))
+        if covered >= BLOCK_COVERAGE * total:
+            break
+        block //= 2
+    return block
+
+
+def _conv_work(mod: tvm.IRModule) -> list[tuple[int, tuple[int, ...]]]:
+    """(multiply-adds, the channels a block must divide) for each conv2d of ``mod`` with static
+    shapes; a conv with fewer than :data:`MIN_BLOCK` input channels counts its outputs only."""
+    found = []
+
+    def visit(expr):
+        if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm.ir.Op) or expr.op.name != "relax.nn.conv2d":
+            return
+        shapes = [getattr(getattr(e, "ty", None), "shape", None) for e in (expr.args[0], expr.args[1], expr)]
+        if any(s is None or not all(isinstance(d, tvm.tirx.IntImm) for d in s) for s in shapes) \
+                or str(expr.attrs.data_layout) != "NCHW":
+            return
+        (_, in_channels, _, _), (_, per_group, kh, kw), (_, out_channels, oh, ow) = ([int(d) for d in s] for s in shapes)
+        macs = out_channels * oh * ow * per_group * kh * kw
+        found.append((macs, (out_channels,) if in_channels < MIN_BLOCK else (in_channels, out_channels)))
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return found
+
+
 def blocked_layout(block: int) -> tvm.transform.Pass:
-    """``ConvertLayout`` to ``NCHW{block}c`` / ``OIHW{block}i{block}o`` for every conv it can take."""
-    return relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW{block}i{block}o"]})
+    """Every conv ``ConvertLayout`` can take to ``NCHW{block}c`` data: plain convs with
+    ``OIHW{block}i{block}o`` weights, depthwise convs with ``OIHW1i{block}o`` (one input channel
+    per filter).
+
+    Asked for ``OIHW{block}i{block}o``, ``ConvertLayout`` refuses a depthwise conv (its weights
+    have one input channel) and leaves it in NCHW between two layout transforms. Asked for
+    ``OIHW1i{block}o`` it converts every conv, depthwise included, and carries the blocked
+    layout through what follows; the plain convs' weights are then regrouped to
+    ``OIHW{block}i{block}o`` (a transform of a constant, folded at compile time)."""
+    convert = relax.transform.ConvertLayout({"relax.nn.conv2d": [f"NCHW{block}c", f"OIHW1i{block}o"]})
+
+    @tvm.transform.module_pass(opt_level=0, name="BlockedLayout")
+    def transform(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        converted = convert(mod)
+        return rewrite_functions(converted, _GroupInputChannels(converted, block))
+
+    return transform
+
+
+@relax.expr_functor.mutator
+class _GroupInputChannels(relax.PyExprMutator):
+    """``OIHW1i{c}o`` weights of a plain (one group) conv → ``OIHW{c}i{c}o``, the blocked conv's."""
+
+    def __init__(self, mod, block: int):
+        super().__init__(mod)
+        self.block = block
+
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.nn.conv2d":
+            return call
+        attrs, c = call.attrs, self.block
+        if int(attrs.groups) != 1 or str(attrs.kernel_layout) != f"OIHW1i{c}o" \
+                or str(attrs.data_layout) != f"NCHW{c}c":
+            return call
+        weight = self.builder_.emit(relax.op.layout_transform(
+            call.args[1], index_map=lambda oo, i, h, w, one, oi: (oo, i // c, h, w, i % c, oi)))
+        return relax.op.nn.conv2d(call.args[0], weight, attrs.strides, attrs.padding, attrs.dilation, 1,
+                                  str(attrs.data_layout), f"OIHW{c}i{c}o", str(attrs.out_layout), _out_dtype(call))
 
 
 def _largest_divisor(n: int, limit: int) -> int:
@@ -76,7 +162,7 @@ class _BlockRemaining(relax.PyExprMutator):
             return call
         attrs = call.attrs
         if (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout)) != ("NCHW", "OIHW", "NCHW") \
-                or int(attrs.groups) != 1 or [int(d) for d in attrs.dilation] != [1, 1]:
+                or [int(d) for d in attrs.dilation] != [1, 1]:
             return call
         data, weight = call.args
         shape = getattr(data.ty, "shape", None)
@@ -84,6 +170,10 @@ class _BlockRemaining(relax.PyExprMutator):
         if shape is None or weight_shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in [*shape, *weight_shape]):
             return call
         in_channels, out_channels = int(shape[1]), int(weight_shape[0])
+        if int(attrs.groups) == in_channels == out_channels and int(weight_shape[1]) == 1:
+            return self._depthwise(call, data, weight, in_channels)
+        if int(attrs.groups) != 1:
+            return call
         ic, oc = _largest_divisor(in_channels, self.block), _largest_divisor(out_channels, self.block)
         padded = out_channels
         if oc < self.block and out_channels > self.block and isinstance(weight, tvm.ir.GenericConst):
@@ -103,6 +193,20 @@ class _BlockRemaining(relax.PyExprMutator):
         if padded != out_channels:
             out = relax.op.strided_slice(self.builder_.emit(out), axes=[1], begin=[0], end=[out_channels])
         return out
+
+    def _depthwise(self, call, data, weight, channels: int):
+        """A depthwise conv whose channels do not divide by the block (24 channels with blocks of
+        16): blocked by the largest useful divisor (8), so the depthwise template takes it."""
+        c = _largest_divisor(channels, self.block)
+        if c < MIN_BLOCK:
+            return call
+        attrs = call.attrs
+        data = self.builder_.emit(relax.op.layout_transform(data, index_map=lambda n, ch, h, w: (n, ch // c, h, w, ch % c)))
+        weight = self.builder_.emit(relax.op.layout_transform(
+            weight, index_map=lambda o, i, h, w: (o // c, i, h, w, i, o % c)))
+        conv = self.builder_.emit(relax.op.nn.conv2d(data, weight, attrs.strides, attrs.padding, attrs.dilation, channels,
+                                                     f"NCHW{c}c", f"OIHW1i{c}o", f"NCHW{c}c", _out_dtype(call)))
+        return relax.op.layout_transform(conv, index_map=lambda n, ch, h, w, b: (n, ch * c + b, h, w))
 
 
 #: a grouped conv with at most this many groups is split into one conv per group
@@ -147,7 +251,7 @@ def split_grouped_convs(mod: tvm.IRModule, ctx) -> tvm.IRModule:
 
 def block_remaining_convs(block: int) -> tvm.transform.Pass:
     """Convs ``ConvertLayout`` left in NCHW (channels that do not divide by ``block``, like the
-    3-channel first conv): blocked too, each with its own blocks (the largest divisors of its
+    3-channel first conv; depthwise ones too): blocked too, each with its own blocks (the largest divisors of its
     channel counts up to ``block``), between layout transforms to and from NCHW."""
 
     @tvm.transform.module_pass(opt_level=0, name="BlockRemainingConvs")
@@ -173,6 +277,10 @@ def legalize_conv2d(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
         return bb.call_te(topi.nn.conv2d_NCHWc, call.args[0], call.args[1], [int(s) for s in attrs.strides],
                           [int(p) for p in attrs.padding], dilation, data_layout, out_layout, out_dtype,
                           primfunc_name_hint="conv2d_nchwc")
+    if _is_depthwise(call) and _is_blocked(out_layout) and _block_of(data_layout) == _block_of(out_layout):
+        return bb.call_te(depthwise_conv2d_nchwc, call.args[0], call.args[1], [int(s) for s in attrs.strides],
+                          [int(p) for p in attrs.padding], dilation, _out_dtype(call),
+                          primfunc_name_hint="depthwise_conv2d_nchwc")
     # Not covered by the blocked compute: through NCHW and TVM's own legalization.
     data = bb.emit(relax.op.layout_transform(call.args[0], index_map=_unblock_map(data_layout)))
     weight = bb.emit(relax.op.layout_transform(call.args[1], index_map=_unblock_weight_map(kernel_layout)))
@@ -205,6 +313,44 @@ def _block_map(layout: str):
 
 
 def _unblock_weight_map(layout: str):
-    """OIHW{c}i{c}o → OIHW (the two block sizes are equal here)."""
-    c = _block_of(layout)
-    return lambda oo, io, h, w, ii, oi: (oo * c + oi, io * c + ii, h, w)
+    """OIHW{a}i{b}o → OIHW."""
+    a, b = (int(x) for x in re.fullmatch(r"OIHW(\d+)i(\d+)o", layout).groups())
+    return lambda oo, io, h, w, ii, oi: (oo * b + oi, io * a + ii, h, w)
+
+
+def _is_depthwise(call: relax.Call) -> bool:
+    """One filter per channel: as many groups as input and output channels."""
+    data_shape, weight_shape = call.args[0].ty.shape, call.args[1].ty.shape
+    if data_shape is None or weight_shape is None or len(data_shape) != 5 or len(weight_shape) != 6:
+        return False
+    dims = [*data_shape, *weight_shape]
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return False
+    channels = int(data_shape[1]) * int(data_shape[4])
+    out_channels = int(weight_shape[0]) * int(weight_shape[5])
+    return int(call.attrs.groups) == channels == out_channels and int(weight_shape[1]) * int(weight_shape[4]) == 1
+
+
+def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation, out_dtype):
+    """A depthwise conv in the blocked layout: ``data`` ``NCHW{c}c``, ``weight`` ``OIHW1i{c}o``
+    (``(C/c, 1, kh, kw, 1, c)``), output ``NCHW{c}c``; each channel convolved with its own filter.
+    Its compute block is :data:`DEPTHWISE_BLOCK`, which :mod:`.depthwise` schedules. (TOPI
+    declares this operator but ships no implementation in the wheel.)"""
+    from tvm import te
+
+    batch, chunks, height, width, block = (int(d) for d in data.shape)
+    _, _, kernel_h, kernel_w, _, _ = (int(d) for d in weight.shape)
+    (stride_h, stride_w), (dil_h, dil_w) = strides, dilation
+    top, left, bottom, right = padding
+    out_h = (height + top + bottom - (kernel_h - 1) * dil_h - 1) // stride_h + 1
+    out_w = (width + left + right - (kernel_w - 1) * dil_w - 1) // stride_w + 1
+    padded = topi.nn.pad(data, [0, 0, top, left, 0], [0, 0, bottom, right, 0], name="data_pad") \
+        if any(padding) else data
+    rh = te.reduce_axis((0, kernel_h), name="rh")
+    rw = te.reduce_axis((0, kernel_w), name="rw")
+    return te.compute(
+        (batch, chunks, out_h, out_w, block),
+        lambda n, c, y, x, b: te.sum(
+            padded[n, c, y * stride_h + rh * dil_h, x * stride_w + rw * dil_w, b].astype(out_dtype)
+            * weight[c, 0, rh, rw, 0, b].astype(out_dtype), axis=[rh, rw]),
+        name=DEPTHWISE_BLOCK)
