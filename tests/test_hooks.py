@@ -136,3 +136,55 @@ def test_sgd_hook_from_least_squares_is_never_worse_on_its_objective():
 
 def test_resolve_sgd():
     assert isinstance(resolve_hook("sgd"), SGDHook)
+
+
+def _rectified_site(seed=2, samples=12):
+    """A site whose targets are already rectified (what an LRN or a chain site sees): a conv's
+    output after ReLU, with a max pool in between, so no 3×3 conv reproduces it exactly."""
+    r = np.random.default_rng(seed)
+    g = ConvGeometry(4, 6, (3, 3), (1, 1), (1, 1, 1, 1))
+    w, b = r.standard_normal((6, 4, 3, 3)), r.standard_normal(6) - 3.0  # most outputs rectified, as in a real net
+
+    def teacher(x):
+        z = conv2d_numpy(x, w, b, g)
+        pooled = np.maximum.reduce([np.roll(z, s, axis=a) for a in (2, 3) for s in (0, 1)])
+        return np.maximum(pooled, 0)
+
+    x = r.standard_normal((samples, 4, 10, 10))
+    return g, teacher, RetrainSite("rectified", g, np.zeros((6, 4, 3, 3)), np.zeros(6), x, teacher(x), teacher, "relu")
+
+
+def test_hinge_targets_fit_what_the_relu_passes_on_better_than_plain_least_squares():
+    g, teacher, site = _rectified_site()
+    held = np.random.default_rng(9).standard_normal((6, 4, 10, 10))
+    ref = teacher(held)
+
+    def passed_on_error(hook):
+        weight, bias = hook(site)
+        return float(np.sum((np.maximum(conv2d_numpy(held, weight, bias, g), 0) - ref) ** 2) / np.sum(ref ** 2)), hook
+
+    plain, _ = passed_on_error(LeastSquaresHook(hinge_steps=0))
+    hinged, hook = passed_on_error(LeastSquaresHook())
+    assert hook.last_fit["hinge_steps"] >= 1
+    assert hinged < plain, (hinged, plain)  # measured: 0.3635 against 0.3647 (a pool in between limits any conv)
+
+
+def test_hinge_steps_never_increase_the_hinge_loss():
+    g, _, site = _rectified_site(seed=3)
+    t = site.targets
+
+    def hinge_loss(steps):
+        weight, bias = LeastSquaresHook(ridges=1e-6, hinge_steps=steps)(site)
+        y = conv2d_numpy(site.inputs, weight, bias, g)
+        return float(np.sum(np.where(t > 0, (y - t) ** 2, np.maximum(y, 0) ** 2)))
+
+    losses = [hinge_loss(steps) for steps in range(4)]
+    assert all(b <= a * (1 + 1e-9) for a, b in zip(losses, losses[1:])), losses
+    assert losses[-1] < losses[0]
+
+
+def test_no_hinge_without_a_relu():
+    g, teacher, site = _rectified_site()
+    hook = LeastSquaresHook()
+    hook(RetrainSite(site.name, g, site.init_weight, site.init_bias, site.inputs, site.targets, teacher, None))
+    assert "hinge_steps" not in hook.last_fit

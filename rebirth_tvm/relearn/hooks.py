@@ -108,10 +108,11 @@ class LeastSquaresHook:
     chunk: samples per im2col block (bounds the patch matrix held at once).
     """
 
-    def __init__(self, ridges=(1e-8, 1e-6, 1e-4, 1e-3, 1e-2), folds: int = 4, chunk: int = 8):
+    def __init__(self, ridges=(1e-8, 1e-6, 1e-4, 1e-3, 1e-2), folds: int = 4, chunk: int = 8, hinge_steps: int = 4):
         self.ridges = tuple(ridges) if np.ndim(ridges) else (float(ridges),)
         self.folds = folds
         self.chunk = chunk
+        self.hinge_steps = hinge_steps
         self.chosen_ridge: float | None = None  # the last site's choice, for reports and tests
         self.last_fit: dict | None = None  # the last site's problem size and ridge, for its report
 
@@ -128,11 +129,12 @@ class LeastSquaresHook:
         return total
 
     @staticmethod
-    def _solve(moments: _Moments, ridges):
-        """(weight, bias) for each relative ridge, from one eigendecomposition."""
+    def _solve(moments: _Moments, ridges, eigen=None):
+        """(weight, bias) for each relative ridge, from one eigendecomposition of the centred
+        Gram matrix (``eigen``: one already made for the same inputs)."""
         gram, cross, mean_a, mean_t = moments.centred()
         scale = max(np.trace(gram) / len(gram), 1e-30)
-        values, vectors = np.linalg.eigh(gram)
+        values, vectors = eigen if eigen is not None else np.linalg.eigh(gram)
         projected = vectors.T @ cross
         for ridge in ridges:
             weight = vectors @ (projected / (np.maximum(values, 0) + ridge * scale)[:, None])
@@ -170,8 +172,40 @@ class LeastSquaresHook:
                          "ridge": float(ridge)}
         self.chosen_ridge = ridge
         _, weight, bias = next(self._solve(total, (ridge,)))
+        if site.activation == "relu" and self.hinge_steps:
+            weight, bias, steps = self._hinge(site, total, weight, bias, ridge)
+            self.last_fit["hinge_steps"] = steps
         weight = weight.T.reshape(g.out_channels, g.in_channels, *g.kernel)
         return weight.astype(site.init_weight.dtype), bias.astype(site.init_bias.dtype)
+
+    def _hinge(self, site: RetrainSite, total: _Moments, weight, bias, ridge):
+        """Refit where a ReLU follows: only ``relu(conv(x))`` reaches the next layer, so a target
+        at or below zero (rectified, or a negative pre-activation) is met by *any* output at or
+        below zero. The loss is ``Σ_{t>0} (y − t)² + Σ_{t≤0} max(y, 0)²`` (a hinge), minimised by
+        majorisation: each step solves least squares against the targets with every ``t ≤ 0``
+        replaced by ``min(y, 0)`` of the current fit (no pull where the output is already
+        below zero), which never increases the hinge loss. The Gram matrix does not change:
+        only ``AᵀT`` is accumulated again. Returns the weights and the steps taken."""
+        g = site.geometry
+        steps = 0
+        eigen = np.linalg.eigh(total.centred()[0])  # the inputs do not change: one decomposition
+        for _ in range(self.hinge_steps):
+            cross, sum_t, sum_tt, moved = np.zeros_like(total.cross), np.zeros_like(total.sum_t), 0.0, 0
+            for first in range(0, len(site.inputs), self.chunk):
+                cols = im2col(site.inputs[first:first + self.chunk].astype(np.float64), g)
+                targets = site.targets[first:first + self.chunk].astype(np.float64).transpose(0, 2, 3, 1).reshape(-1, g.out_channels)
+                free = targets <= 0
+                relaxed = np.where(free, np.minimum(cols @ weight + bias, 0.0), targets)
+                moved += int(np.count_nonzero(relaxed[free]))
+                cross += cols.T @ relaxed
+                sum_t += relaxed.sum(axis=0)
+                sum_tt += float(np.sum(relaxed ** 2))
+            if not moved:
+                break  # every rectified target already met exactly: the plain fit is the hinge fit
+            relaxed_total = _Moments(total.rows, total.sum_a, sum_t, total.gram, cross, sum_tt)
+            _, weight, bias = next(self._solve(relaxed_total, (ridge,), eigen))
+            steps += 1
+        return weight, bias, steps
 
 
 def hook_name(hook) -> str:
