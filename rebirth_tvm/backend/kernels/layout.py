@@ -8,10 +8,16 @@ concat, so layout transforms appear only at the graph's edges and around what ca
 (a conv whose channels do not divide, the LRN's 5-D pooling). Weights are constants: their
 transform is folded at compile time (packed once).
 
+A depthwise conv (one filter per channel) is blocked too, with ``OIHW1i{c}o`` weights, so the
+layout runs through MobileNet-style blocks unbroken. The block ``c`` is chosen per network
+(:func:`network_block`): the widest the vector allows that the convs doing most of the work divide.
+
 The blocked conv is legalized here with TOPI's ``conv2d_NCHWc`` (the default legalization
-refuses 5-D layouts), its compute block tagged so that :mod:`.conv_nchwc` schedules it. A conv
-the blocked compute does not cover (grouped, dilated) is legalized through NCHW: correct, and
-scheduled by the generic rule.
+refuses 5-D layouts), its compute block tagged so that :mod:`.conv_nchwc` schedules it; the
+blocked depthwise conv with :func:`depthwise_conv2d_nchwc`, scheduled by :mod:`.depthwise`. A
+conv the blocked computes do not cover (grouped with several channels per group, dilated, a
+depthwise conv with a channel multiplier) is legalized through NCHW: correct, and scheduled by
+the generic rule.
 """
 
 from __future__ import annotations
