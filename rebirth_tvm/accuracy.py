@@ -53,12 +53,15 @@ class Variant:
     max_site_error: float | None = None  # put back sites relearned worse than this (relative MSE)
     refit: bool = False  # refit the classifier to the original logits afterwards
     finetune_lr: float = 0.01  # regenerated layers' rate (the rest: a tenth); 0.01 is the paper's
+    distill: int = 0  # epochs of end-to-end distillation without labels (0: none)
+    max_drop: float | None = None  # put back the sites that cost more than this (points of held-out agreement)
 
     @property
     def name(self) -> str:
         lr = "" if self.finetune_lr == 0.01 else f"{self.finetune_lr:g}"
         return (f"{self.ablation}/{self.hook}/{self.calib_images}" + (f"+finetune{lr}" if self.finetune else "")
-                + (f"+tucker{self.tucker:g}" if self.tucker else "") + (f"+max{self.max_site_error:g}" if self.max_site_error else "") + ("+refit" if self.refit else ""))
+                + (f"+tucker{self.tucker:g}" if self.tucker else "") + (f"+max{self.max_site_error:g}" if self.max_site_error else "") + ("+refit" if self.refit else "")
+                + (f"+distill{self.distill}" if self.distill else "") + (f"+drop{self.max_drop:g}" if self.max_drop is not None else ""))
 
 
 def default_grid(hooks=("lstsq", "sgd"), counts=(100, 1000, 10000), finetune: bool = False, tucker: float | None = None) -> list[Variant]:
@@ -84,9 +87,15 @@ def teacher_predictions(images: np.ndarray) -> np.ndarray:
     return np.array([int(np.argmax(session.run(None, {name: images[i:i + 1]})[0])) for i in range(len(images))])
 
 
+#: hook names the study knows besides the built-in ones: the least-squares fit before the hinge
+#: targets (every target fitted as it is, rectified or not), for the ablation row
+STUDY_HOOKS = {"lstsq-nohinge": lambda: __import__("rebirth_tvm.relearn.hooks", fromlist=["x"]).LeastSquaresHook(hinge_steps=0)}
+
+
 def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarray, teacher: np.ndarray,
-                finetune_epochs: int = 2, log=print) -> dict:
-    """Rebirth the teacher as ``variant`` says, build it for this machine, classify the test set."""
+                finetune_epochs: int = 2, log=print, teacher_build=None) -> dict:
+    """Rebirth the teacher as ``variant`` says, build it for this machine, classify the test set;
+    with ``teacher_build`` (the teacher's exact build), also time both side by side."""
     from rebirth_tvm.frontend.datasets import fashion_mnist
     from rebirth_tvm.passes import count_sites
     from rebirth_tvm.pipeline import RebirthOptions, compile_model
@@ -102,8 +111,15 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
         used = len(calib) - max(1, int(round(len(calib) * 0.2)))
         finetune = FinetuneOptions(calib[:used], labels[:used], epochs=finetune_epochs,
                                    lr_regenerated=variant.finetune_lr, lr_rest=variant.finetune_lr / 10)
-    options = RebirthOptions(calib=calib, hook=variant.hook, branches=branches, streamline=streamline, finetune=finetune,
-                             tucker=variant.tucker, max_site_error=variant.max_site_error, refit_classifier=variant.refit)
+    distill = None
+    if variant.distill:
+        from rebirth_tvm.relearn.distill import DistillOptions
+
+        distill = DistillOptions(epochs=variant.distill)
+    hook = STUDY_HOOKS[variant.hook]() if variant.hook in STUDY_HOOKS else variant.hook
+    options = RebirthOptions(calib=calib, hook=hook, branches=branches, streamline=streamline, finetune=finetune,
+                             tucker=variant.tucker, max_site_error=variant.max_site_error, refit_classifier=variant.refit,
+                             distill=distill, max_drop=variant.max_drop)
     start = time.perf_counter()
     result = compile_model(MODEL, target="x86", rebirth=options)
     seconds = time.perf_counter() - start
@@ -123,6 +139,19 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
     }
     if "finetune" in fidelity:
         entry["finetune"] = fidelity["finetune"]
+    if "distill" in fidelity:
+        entry["distill_summary"] = {k: v for k, v in fidelity["distill"].items() if k != "history"}
+    if "max_drop" in fidelity:
+        entry["max_drop_selection"] = fidelity["max_drop"]
+    if teacher_build is not None:
+        from rebirth_tvm.backend import measure
+
+        sample = [test_images[:1]]
+        latency = measure.interleaved_latency([measure.tvm_variant("teacher", teacher_build.executable, sample),
+                                               measure.tvm_variant("reborn", result.built.executable, sample)], repeats=15)
+        entry["latency_ms"] = latency["reborn"]["median"]
+        entry["teacher_latency_ms"] = latency["teacher"]["median"]
+        entry["speedup"] = latency["teacher"]["median"] / latency["reborn"]["median"]
     log(f"{variant.name}: top-1 {entry['reborn_top1']:.2%}, agreement {entry['agreement']:.2%}, "
         f"{entry['relearned_sites']} sites relearned in {entry['seconds']} s")
     return entry
@@ -151,7 +180,7 @@ def experiment(variants: list[Variant], test_count: int | None = None, finetune_
     log(f"teacher top-1 {result['teacher_top1']:.2%}; exact passes {result['exact_top1']:.2%} "
         f"(agreement {result['exact_agreement']:.2%})")
     for variant in variants:
-        entry = run_variant(variant, inputs, labels, teacher, finetune_epochs, log)
+        entry = run_variant(variant, inputs, labels, teacher, finetune_epochs, log, teacher_build=exact.built)
         entry["top1_change_points"] = round(100 * (entry["reborn_top1"] - result["teacher_top1"]), 2)
         result["variants"].append(entry)
     return result
@@ -161,14 +190,14 @@ def markdown(result: dict) -> str:
     lines = [f"# Accuracy: rebirth of `{result['model']}` on Fashion-MNIST", "",
              f"{result['test_images']:,} test images. Teacher top-1 **{result['teacher_top1']:.2%}**; exact passes alone "
              f"{result['exact_top1']:.2%} (agreement with the teacher {result['exact_agreement']:.2%}).", "",
-             "| variant | streamline | branch | hook | calib images (unlabelled) | site error limit | FC refit | fine-tuned (labelled) | Tucker | top-1 | Δ points | agreement | sites relearned / refused | relearn s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| variant | streamline | branch | hook | calib images (unlabelled) | site error limit | FC refit | distilled (no labels) | fine-tuned (labelled) | Tucker | top-1 | Δ points | agreement | speed-up vs teacher (exact build) | sites relearned / refused | relearn s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for v in result["variants"]:
         streamline, branches = ABLATIONS[v["ablation"]]
         lines.append(f"| {v['name']} | {'yes' if streamline else 'no'} | {'yes' if branches else 'no'} | {v['hook']} | {v['calib_images']:,} | "
-                     f"{v.get('max_site_error') or '—'} | {'yes' if v.get('refit') else 'no'} | "
+                     f"{v.get('max_site_error') or '—'} | {'yes' if v.get('refit') else 'no'} | {_distilled(v)} | "
                      f"{('lr ' + format(v.get('finetune_lr', 0.01), 'g')) if v['finetune'] else 'no'} | {v['tucker'] or 'no'} | {v['reborn_top1']:.2%} | {v['top1_change_points']:+.2f} | {v['agreement']:.2%} | "
-                     f"{v['relearned_sites']} / {v['refused_sites']} | {v['seconds']:.0f} |")
+                     f"{format(v['speedup'], '.2f') + 'x' if 'speedup' in v else '—'} | {v['relearned_sites']} / {v['refused_sites']} | {v['seconds']:.0f} |")
     efficientnet = result.get("efficientnet")
     if efficientnet:
         lines += ["", "## Exact passes on real ImageNet weights (EfficientNet-Lite0)", "",
@@ -185,6 +214,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _distilled(v: dict) -> str:
+    summary = v.get("distill_summary")
+    if not summary:
+        return "no"
+    return f"{summary['epochs_run']} epochs (best {summary['best_epoch']})"
+
+
+def frontier(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both speed-up and accuracy (higher is better)."""
+    return [i for i, (x, y) in enumerate(points)
+            if not any((x2 >= x and y2 >= y) and (x2, y2) != (x, y) for x2, y2 in points)]
+
+
 def plot(result: dict, path: str) -> None:
     import matplotlib
 
@@ -192,10 +234,10 @@ def plot(result: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     variants = result["variants"]
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(variants) + 2), 4))
+    fig, (ax, trade) = plt.subplots(1, 2, figsize=(max(6, 0.9 * len(variants) + 2) + 6, 4.5))
     names = ["teacher"] + [v["name"] for v in variants]
     values = [100 * result["teacher_top1"]] + [100 * v["reborn_top1"] for v in variants]
-    colours = ["#555555"] + ["#d98c1f" if v["finetune"] else "#1f77b4" for v in variants]
+    colours = ["#555555"] + ["#2ca02c" if v.get("distill") else "#d98c1f" if v["finetune"] else "#1f77b4" for v in variants]
     bars = ax.bar(range(len(values)), values, color=colours)
     for bar, value in zip(bars, values):
         ax.text(bar.get_x() + bar.get_width() / 2, value + 0.1, f"{value:.1f}", ha="center", va="bottom", fontsize=8)
@@ -204,8 +246,22 @@ def plot(result: dict, path: str) -> None:
     ax.set_ylim(max(0, low), min(100, max(values) + 2))
     ax.set_xticks(range(len(values)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(f"top-1 on {result['test_images']:,} test images (%)")
-    ax.set_title("Fashion-MNIST teacher vs reborn (ablation/hook/unlabelled calibration images)")
+    ax.set_title("Teacher vs reborn (green: distilled without labels)", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
+    # Accuracy against speed: each variant one point, the teacher at 1x; the frontier joined.
+    timed = [v for v in variants if "speedup" in v]
+    points = [(1.0, 100 * result["teacher_top1"])] + [(v["speedup"], 100 * v["reborn_top1"]) for v in timed]
+    labels = ["teacher"] + [v["name"] for v in timed]
+    best = sorted(frontier(points), key=lambda i: points[i][0])
+    trade.scatter([p[0] for p in points], [p[1] for p in points], color="#1f77b4", s=18)
+    trade.plot([points[i][0] for i in best], [points[i][1] for i in best], color="#2ca02c", marker="o", label="frontier")
+    for (x, y), label in zip(points, labels):
+        trade.annotate(label, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    trade.axhline(100 * result["teacher_top1"] - 1.0, color="#aa0000", linestyle="--", linewidth=1)
+    trade.set_xlabel("speed-up vs the teacher's exact build (TVM, this machine, side by side)")
+    trade.set_ylabel("top-1 (%)")
+    trade.set_title("Accuracy against speed", fontsize=9)
+    trade.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -241,8 +297,9 @@ def main(argv=None) -> int:
                                 epilog=cli.EXIT_CODES_HELP)
     parser.add_argument("--hooks", default="lstsq,sgd", help="built-in hooks to compare (default lstsq,sgd)")
     parser.add_argument("--calib-counts", default="100,1000,10000", help="unlabelled calibration images for the sweep (default 100,1000,10000)")
-    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit],... "
-                        "e.g. both/lstsq/1000,both/lstsq/1000+max0.2+refit")
+    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS]],... "
+                        "e.g. both/lstsq/1000,both/lstsq/1000+max0.2+refit+distill; HOOK lstsq-nohinge is the fit before the hinge targets")
+    parser.add_argument("--append", action="store_true", help="add the variants to the results already in --out (a variant of the same name is replaced) instead of starting anew")
     parser.add_argument("--finetune", action="store_true", help="also fine-tune the first hook's 1,000-image variant with labels (the paper's step)")
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also a reborn + Tucker-2 variant at this energy")
@@ -277,7 +334,19 @@ def _study(args) -> int:
 
         efficientnet = check_exact_passes()  # fails fast (no torch) before the long part
     start = time.perf_counter()
+    previous = None
+    if args.append:
+        existing = os.path.join(args.out, "accuracy.json")
+        if not os.path.exists(existing):
+            raise RebirthError(f"--append: {existing} does not exist; run without --append first")
+        with open(existing) as f:
+            previous = json.load(f)
     result = experiment(variants, args.test_count, args.finetune_epochs, log=lambda m: print(m, file=sys.stderr, flush=True))
+    if previous is not None:
+        if previous.get("test_images") != result["test_images"]:
+            raise RebirthError(f"--append: {existing} was measured on {previous.get('test_images')} test images, this run on {result['test_images']}")
+        names = {v["name"] for v in result["variants"]}
+        result["variants"] = [v for v in previous["variants"] if v["name"] not in names] + result["variants"]
     if efficientnet:
         result["efficientnet"] = efficientnet
     result["environment"] = {**environment(resolve_target("x86"), 0), "date": datetime.date.today().isoformat()}
@@ -294,19 +363,20 @@ def parse_variant(text: str) -> Variant:
     numbers = {}
     valid = len(parts) == 3 and parts[0] in ABLATIONS and parts[2].isdigit()
     for extra in extras:
-        key = next((k for k in ("tucker", "max", "finetune") if extra.startswith(k)), None)
+        key = next((k for k in ("tucker", "max", "finetune", "distill", "drop") if extra.startswith(k)), None)
         try:
             if key and extra != key:
                 numbers[key] = float(extra[len(key):])
-            elif extra not in ("finetune", "refit"):
+            elif extra not in ("finetune", "refit", "distill"):
                 valid = False
         except ValueError:
             valid = False
     if not valid:
-        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE] "
+        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS]][+dropPOINTS] "
                            f"with ABLATION one of {', '.join(ABLATIONS)}")
+    distill = int(numbers["distill"]) if "distill" in numbers else (10 if "distill" in extras else 0)
     return Variant(parts[0], parts[1], int(parts[2]), any(e.startswith("finetune") for e in extras), numbers.get("tucker"),
-                   numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01))
+                   numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01), distill, numbers.get("drop"))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from rebirth_tvm.core.errors import RebirthError
 from rebirth_tvm.pipeline.output import OutputPlan
 from rebirth_tvm.backend.remote import RpcDevice
 from rebirth_tvm.backend.targets import TARGETS, label_of, resolve_target
+from rebirth_tvm.frontend.preprocessing import Normalisation, parse_values
 from rebirth_tvm.passes import count_sites
 from rebirth_tvm.pipeline.compile import run
 from rebirth_tvm.pipeline.options import PASS_SETS, CompileOptions, RebirthOptions, TuningOptions
@@ -64,10 +65,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             + (f"; latency there {timing['median']:.2f} ms median" if timing else "")
         )
     evaluation = report.get("evaluation")
-    if evaluation:
+    if evaluation and evaluation.get("warning"):
+        lines.append(f"accuracy on {evaluation['images']:,} {evaluation['dataset']} images: warning: {evaluation['warning']}")
+    elif evaluation:
         lines.append(f"accuracy on {evaluation['images']:,} {evaluation['dataset']} images: top-1 {evaluation['top1_before']:.2%} -> "
                      f"{evaluation['top1_after']:.2%} ({100 * (evaluation['top1_after'] - evaluation['top1_before']):+.2f} points), "
                      f"agreement {evaluation['agreement']:.2%}")
+    if evaluation:
         lines.append(f"speed: {evaluation['latency_ms_before']['median']:.3g} ms -> {evaluation['latency_ms_after']['median']:.3g} ms "
                      f"median per image ({evaluation['speedup']:.2f}x; {evaluation['note']})")
     kernels = report.get("kernels")
@@ -112,7 +116,11 @@ def make_parser() -> cli.ArgumentParser:
     rebirth.add_argument("--rebirth", action="store_true", help="also merge conv with the pools and LRNs after it, relearning the new convs against the original blocks")
     rebirth.add_argument("--calib", default=None, help="calibration inputs: a folder of images, an .npy array (N,C,H,W), 'fashion-mnist' (its training images, labels unused; apt-get install dataset-fashion-mnist), or 'random' (labelled as such in the report); required with --rebirth")
     rebirth.add_argument("--calib-count", type=int, default=None, help="use at most this many calibration inputs (a fifth is held out for fidelity)")
-    rebirth.add_argument("--preset", default=None, choices=["imagenet", "gray"], help="image preprocessing (default: the zoo model's, else imagenet)")
+    rebirth.add_argument("--preset", default=None, choices=["imagenet", "gray", "efficientnet-lite"], help="image preprocessing (default: the zoo model's, else gray for 1-channel inputs and imagenet for 3)")
+    rebirth.add_argument("--mean", default=None, metavar="M[,M,M]", help="the model's input mean, per channel or one for all, in --pixel-range units (overrides the preset; also for --evaluate)")
+    rebirth.add_argument("--std", default=None, metavar="S[,S,S]", help="the model's input standard deviation, like --mean: inputs are (pixel - mean) / std")
+    rebirth.add_argument("--pixel-range", type=float, default=None, metavar="R", help="pixels are scaled to [0, R] before --mean and --std: 1 (torchvision, default) or 255 (Caffe, TF-Lite)")
+    rebirth.add_argument("--channel-order", default=None, choices=["rgb", "bgr"], help="the model's channel order for colour images (default rgb; Caffe models: bgr)")
     rebirth.add_argument("--hook", default="lstsq", help="retraining hook: lstsq (closed-form least squares, default), sgd (layer-wise SGD through the ReLU, gradients by TVM, starting from lstsq) or package.module:function")
     rebirth.add_argument("--sites", default="all", help="comma-separated site names or glob patterns to relearn (default: all)")
     rebirth.add_argument("--pool-kernel", default="auto", choices=["auto", "cover", "keep"], help="conv+pool merges: grow the kernel to the pool's receptive field (cover), keep the conv's (keep), or cover where that adds no MACs (auto, default)")
@@ -122,6 +130,9 @@ def make_parser() -> cli.ArgumentParser:
     rebirth.add_argument("--tucker", type=float, default=None, metavar="ENERGY", help="also Tucker-2 decompose the k×k convs left (1×1 → k×k → 1×1), ranks keeping this fraction of each mode's energy (e.g. 0.9), relearned by the hook")
     rebirth.add_argument("--max-site-error", type=float, default=None, metavar="REL_MSE", help="put back (and report as refused) any relearned site whose held-out relative MSE stays above this, e.g. 0.05 (default: keep every relearned site)")
     rebirth.add_argument("--refit-classifier", action="store_true", help="after the merges, refit the final fully connected layer (least squares, no labels) from the reborn features to the original logits")
+    rebirth.add_argument("--max-drop", type=float, default=None, metavar="POINTS", help="keep the most relearned sites whose rebirth keeps the top-1 agreement with the original, on the held-out calibration images, within POINTS of 100%%; the sites relearned least accurately are put back first (reported as refused, with the drop measured)")
+    rebirth.add_argument("--distill", action="store_true", help="after relearning, distil the original into the reborn network end to end on the calibration images, no labels (its softened logits; flips and shifts; stops early on the held-out images)")
+    rebirth.add_argument("--distill-epochs", type=int, default=None, metavar="N", help="at most N epochs of --distill (default 10)")
     rebirth.add_argument("--no-streamline", action="store_true", help="skip the streamline merges (conv+pool, conv+LRN): branch merges only")
     rebirth.add_argument("--allow-more-work", action="store_true", help="also make branch merges that add MACs (by default they are refused and the report says by how much)")
     rebirth.add_argument("--save-onnx", default=None, metavar="FILE", help="also write the rewritten model as ONNX (runs in onnxruntime)")
@@ -137,6 +148,17 @@ def main(argv=None) -> int:
     return cli.main(make_parser(), argv, _compile, interrupted_note="; nothing was written")
 
 
+def _distill(args):
+    """``--distill`` (``--distill-epochs N``) as distillation options, or None."""
+    from rebirth_tvm.relearn.distill import DistillOptions
+
+    if args.distill_epochs is not None and not args.distill:
+        raise RebirthError("--distill-epochs only applies with --distill")
+    if not args.distill:
+        return None
+    return DistillOptions() if args.distill_epochs is None else DistillOptions(epochs=args.distill_epochs)
+
+
 def _compile(args) -> int:
     start = time.perf_counter()
     # Every value is checked where it enters (the option classes), before any work.
@@ -147,10 +169,13 @@ def _compile(args) -> int:
             branches=() if args.branches == "none" else tuple(b.strip() for b in args.branches.split(",") if b.strip()),
             allow_more_work=args.allow_more_work, preset=args.preset, calib_count=args.calib_count,
             streamline=not args.no_streamline, select=args.select, select_margin=args.select_margin, tucker=args.tucker,
-            max_site_error=args.max_site_error, refit_classifier=args.refit_classifier)
+            max_site_error=args.max_site_error, refit_classifier=args.refit_classifier, distill=_distill(args),
+            max_drop=args.max_drop)
     else:
         given = [flag for flag, value in (("--calib", args.calib), ("--tucker", args.tucker), ("--max-site-error", args.max_site_error),
                                           ("--refit-classifier", args.refit_classifier), ("--no-streamline", args.no_streamline),
+                                          ("--distill", args.distill), ("--distill-epochs", args.distill_epochs is not None),
+                                          ("--max-drop", args.max_drop is not None),
                                           ("--select latency", args.select == "latency")) if value]
         if given:
             raise RebirthError(f"{', '.join(given)} only apply with --rebirth")
@@ -163,7 +188,8 @@ def _compile(args) -> int:
         target=resolve_target(args.target, args.cpu, args.arch), passes=args.passes, input_shape=parse_shape(args.input_shape),
         allow_kernel_padding=args.allow_kernel_padding, merge_parallel=not args.skip_merge_parallel, seed=args.seed,
         rebirth=rebirth, tuning=TuningOptions(args.tune_trials, args.tuning_db, args.max_trials_per_task), rpc=rpc,
-        verify=args.verify, runner=args.runner, evaluate=args.evaluate)
+        verify=args.verify, runner=args.runner, evaluate=args.evaluate,
+        normalisation=Normalisation(parse_values(args.mean, "--mean"), parse_values(args.std, "--std"), args.pixel_range, args.channel_order))
     # Where the result goes is checked next: a bad --out fails now, not after the compile.
     plan = OutputPlan.check(args.out, force=args.force, onnx_path=args.save_onnx,
                             model_path=args.model if os.path.isfile(args.model) else None)

@@ -115,3 +115,20 @@ def inception(size=16, channels=16, pooled=True) -> onnx.ModelProto:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     model.ir_version = 8
     return model
+
+
+def with_classifier(model: onnx.ModelProto, classes: int = 10, seed: int = 1) -> onnx.ModelProto:
+    """``model`` (one 4-D output) followed by global average pool → flatten → FC: class logits."""
+    model = onnx.shape_inference.infer_shapes(model)
+    features = model.graph.output[0].name
+    info = [v for v in model.graph.value_info if v.name == features] or list(model.graph.output)
+    width = info[0].type.tensor_type.shape.dim[1].dim_value
+    r = np.random.default_rng(seed)
+    model.graph.initializer.extend([numpy_helper.from_array(r.normal(0, 0.3, (classes, width)).astype(np.float32), "fc_w"),
+                                    numpy_helper.from_array(np.zeros(classes, np.float32), "fc_b")])
+    model.graph.node.extend([helper.make_node("GlobalAveragePool", [features], ["gap"]),
+                             helper.make_node("Flatten", ["gap"], ["flat"]),
+                             helper.make_node("Gemm", ["flat", "fc_w", "fc_b"], ["logits"], transB=1)])
+    del model.graph.output[:]
+    model.graph.output.append(helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, classes]))
+    return model

@@ -63,6 +63,10 @@ def test_experiment_grid_and_variant_names():
     assert parse_variant("both/lstsq/1000+tucker0.8") == Variant("both", "lstsq", 1000, False, 0.8)
     assert parse_variant("both/lstsq/1000+max0.2+refit+finetune0.001") == Variant("both", "lstsq", 1000, True, None, 0.2, True, 0.001)
     assert parse_variant("both/lstsq/1000+max0.2+refit+finetune0.001").name == "both/lstsq/1000+finetune0.001+max0.2+refit"
+    assert parse_variant("both/lstsq/1000+max0.2+refit+distill").distill == 10
+    assert parse_variant("both/lstsq-nohinge/1000+distill4") == Variant("both", "lstsq-nohinge", 1000, distill=4)
+    assert parse_variant("both/lstsq/1000+distill4").name == "both/lstsq/1000+distill4"
+    assert parse_variant("both/lstsq/1000+drop1+distill").name == "both/lstsq/1000+distill10+drop1"
     with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):
         parse_variant("all/lstsq/10")
 
@@ -71,8 +75,20 @@ def test_results_render_as_table_and_png(tmp_path):
     result = {"model": "fashion_googlenet", "test_images": 10000, "teacher_top1": 0.92, "exact_top1": 0.92, "exact_agreement": 1.0,
               "variants": [{"name": "both/lstsq/1000", "ablation": "both", "hook": "lstsq", "calib_images": 1000, "finetune": False, "tucker": None,
                             "reborn_top1": 0.915, "top1_change_points": -0.5, "agreement": 0.98, "relearned_sites": 20,
-                            "refused_sites": 3, "seconds": 60.0}]}
+                            "refused_sites": 3, "seconds": 60.0, "speedup": 1.5},
+                           {"name": "both/lstsq/1000+distill10", "ablation": "both", "hook": "lstsq", "calib_images": 1000, "finetune": False,
+                            "tucker": None, "distill": 10, "distill_summary": {"epochs_run": 10, "best_epoch": 9},
+                            "reborn_top1": 0.917, "top1_change_points": -0.3, "agreement": 0.985, "relearned_sites": 20,
+                            "refused_sites": 3, "seconds": 300.0, "speedup": 1.4}]}
     text = markdown(result)
-    assert "| both/lstsq/1000 | yes | yes | lstsq | 1,000 | — | no | no | no | 91.50% | -0.50 | 98.00% | 20 / 3 | 60 |" in text
+    assert "| both/lstsq/1000 | yes | yes | lstsq | 1,000 | — | no | no | no | no | 91.50% | -0.50 | 98.00% | 1.50x | 20 / 3 | 60 |" in text
+    assert "| 10 epochs (best 9) |" in text
     plot(result, str(tmp_path / "a.png"))
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_frontier_keeps_only_points_nothing_beats_on_both_axes():
+    from rebirth_tvm.accuracy import frontier
+
+    points = [(1.0, 93.0), (1.5, 92.0), (1.4, 91.0), (2.0, 88.0), (1.5, 92.0)]
+    assert frontier(points) == [0, 1, 3, 4]  # (1.4, 91) is beaten by (1.5, 92); equal points both stay

@@ -26,7 +26,8 @@ def compile_model(model, target="x86", passes: str = "exact", input_shape=None, 
                   allow_kernel_padding: bool = False, merge_parallel: bool = True, seed: int = 0,
                   rebirth: RebirthOptions | None = None, arch: str | None = None, tune_trials: int = 0,
                   tuning_db: str | None = None, max_trials_per_task: int | None = None, rpc=None,
-                  verify: str | None = None, runner: bool = False, evaluate: str | None = None) -> CompileResult:
+                  verify: str | None = None, runner: bool = False, evaluate: str | None = None,
+                  normalisation=None) -> CompileResult:
     """Import, rewrite, build and check one model.
 
     Parameters
@@ -53,6 +54,9 @@ def compile_model(model, target="x86", passes: str = "exact", input_shape=None, 
     runner: also build the native runner (``rebirth-run``) for the target; written beside model.so.
     evaluate: ``"fashion-mnist"`` or ``"fashion-mnist:N"``: classify the labelled test images with
         the model as imported and as compiled, and time both (report ``evaluation``).
+    normalisation: the model's input normalisation over its preset
+        (:class:`~rebirth_tvm.frontend.preprocessing.Normalisation`: mean, std, pixel range,
+        channel order), for the calibration and evaluation images.
     allow_kernel_padding: let MergeParallelConvs zero-pad kernels of different sizes.
     merge_parallel: run MergeParallelConvs at all.
     seed: seed of the random inputs used for the check.
@@ -68,7 +72,7 @@ def compile_model(model, target="x86", passes: str = "exact", input_shape=None, 
         target=resolve_target(target, cpu, arch), passes=passes, input_shape=input_shape,
         allow_kernel_padding=allow_kernel_padding, merge_parallel=merge_parallel, seed=seed, rebirth=rebirth,
         tuning=TuningOptions(tune_trials, tuning_db, max_trials_per_task), rpc=rpc, verify=verify, runner=runner,
-        evaluate=evaluate)
+        evaluate=evaluate, normalisation=normalisation)
     return run(model, options)
 
 

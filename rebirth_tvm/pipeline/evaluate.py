@@ -25,7 +25,13 @@ def parse(text: str) -> tuple[str, int | None]:
     return name, int(count) if count else None
 
 
-def labelled_test_set(name: str, count: int | None, input_shape) -> tuple[np.ndarray, np.ndarray]:
+#: an original model scoring below this many times chance is taken to be fed the wrong preprocessing
+NEAR_CHANCE = 2.0
+
+
+def labelled_test_set(name: str, count: int | None, input_shape, preprocessing=None) -> tuple[np.ndarray, np.ndarray]:
+    """The labelled test images as the model's inputs (through ``preprocessing``, a
+    :class:`~rebirth_tvm.frontend.preprocessing.Preprocessing`; None: pixels in [0, 1])."""
     from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
 
     if int(input_shape[0]) != 1:
@@ -35,7 +41,10 @@ def labelled_test_set(name: str, count: int | None, input_shape) -> tuple[np.nda
     images, labels = fashion_mnist("test")
     if count:
         images, labels = images[:count], labels[:count]
-    return as_inputs(images), labels.astype(np.int64)
+    if preprocessing is not None and preprocessing.channels != 1:
+        raise RebirthError(f"--evaluate {name} gives gray images; the preprocessing {preprocessing.name!r} makes {preprocessing.channels} channels")
+    inputs = as_inputs(images)
+    return (preprocessing.apply(inputs) if preprocessing is not None else inputs), labels.astype(np.int64)
 
 
 def classify(built, inputs: np.ndarray, desc: str | None = None) -> np.ndarray:
@@ -48,18 +57,29 @@ def classify(built, inputs: np.ndarray, desc: str | None = None) -> np.ndarray:
     return out
 
 
-def before_and_after(original_built, final_built, dataset: str, count: int | None, input_shape, repeats: int = 15) -> dict:
-    """Top-1 before/after, agreement, and round-robin latency of both builds."""
+def before_and_after(original_built, final_built, dataset: str, count: int | None, input_shape, preprocessing=None,
+                     repeats: int = 15) -> dict:
+    """Top-1 before/after, agreement, and round-robin latency of both builds. An original that
+    scores near chance gets a ``warning`` (wrong preprocessing, most likely) instead of a drop."""
     from rebirth_tvm.backend import measure
 
-    inputs, labels = labelled_test_set(dataset, count, input_shape)
+    inputs, labels = labelled_test_set(dataset, count, input_shape, preprocessing)
     before = classify(original_built, inputs, "evaluating the original")
     after = classify(final_built, inputs, "evaluating the result")
     sample = [inputs[:1]]
     variants = [measure.tvm_variant("before", original_built.executable, sample),
                 measure.tvm_variant("after", final_built.executable, sample)]
     latency = measure.interleaved_latency(variants, repeats=repeats)
+    chance = 1.0 / max(int(labels.max()) + 1, 2)
+    top1_before = float(np.mean(before == labels))
+    warning = None
+    if top1_before < NEAR_CHANCE * chance:
+        warning = (f"the original model scores {top1_before:.1%} on {dataset}, near chance ({chance:.0%}): its inputs are probably "
+                   f"not preprocessed as it was trained (now {preprocessing.describe() if preprocessing else 'pixels in [0, 1]'}; "
+                   "set --preset, --mean, --std, --pixel-range or --channel-order); no accuracy change is reported")
     return {
+        **({"warning": warning} if warning else {}),
+        "preprocessing": preprocessing.describe() if preprocessing else "pixels in [0, 1]",
         "dataset": f"{dataset} test split", "images": len(inputs),
         "top1_before": float(np.mean(before == labels)), "top1_after": float(np.mean(after == labels)),
         "agreement": float(np.mean(before == after)),

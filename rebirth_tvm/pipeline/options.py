@@ -43,6 +43,12 @@ class RebirthOptions:
     refit_classifier: refit the final FC layer to the original logits after the merges.
     finetune: optional labelled fine-tuning of the whole reborn network
         (:class:`rebirth_tvm.relearn.finetune.FinetuneOptions`; the paper's last step).
+    max_drop: keep the most sites whose rebirth keeps the held-out top-1 agreement with the
+        original within this many points of 100% (the sites relearned least accurately are put
+        back first); measured on the held-out calibration inputs.
+    distill: optional end-to-end distillation without labels after the relearned rewrites
+        (:class:`rebirth_tvm.relearn.distill.DistillOptions`): the reborn network learns the
+        original's logits on the calibration images.
     preset: image preprocessing (default: the zoo model's, else ``"imagenet"``).
     calib_count: use at most this many calibration inputs.
     """
@@ -63,6 +69,8 @@ class RebirthOptions:
     tucker: float | None = None
     max_site_error: float | None = None
     refit_classifier: bool = False
+    distill: object = None
+    max_drop: float | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "branches", tuple(self.branches))
@@ -84,6 +92,8 @@ class RebirthOptions:
             raise RebirthError(f"--select-margin must be in [0, 1), got {self.select_margin}")
         if self.calib_count is not None and self.calib_count < 1:
             raise RebirthError(f"--calib-count must be 1 or more, got {self.calib_count}")
+        if self.max_drop is not None and not 0 <= self.max_drop <= 100:
+            raise RebirthError(f"--max-drop POINTS must be between 0 and 100 (points of top-1 agreement), got {self.max_drop}")
         if self.max_site_error is not None and not self.max_site_error > 0:
             raise RebirthError(f"--max-site-error must be above 0, got {self.max_site_error}")
 
@@ -129,6 +139,9 @@ class CompileOptions:
     verify: str | None = None
     runner: bool = False
     evaluate: str | None = None
+    #: the user's input normalisation (:class:`~rebirth_tvm.frontend.preprocessing.Normalisation`),
+    #: over the model's preset, for calibration images and the labelled evaluation images
+    normalisation: object = None
 
     def __post_init__(self):
         target = self.target
@@ -136,6 +149,9 @@ class CompileOptions:
             raise RebirthError(f"unknown pass set {self.passes!r}; known: {', '.join(PASS_SETS)}")
         if self.seed < 0:
             raise RebirthError(f"--seed must be 0 or more, got {self.seed}")
+        if self.normalisation is not None and self.normalisation.given and not (self.rebirth or self.evaluate):
+            raise RebirthError("--mean, --std, --pixel-range and --channel-order preprocess images for --rebirth and --evaluate; "
+                               "neither was asked for")
         if self.evaluate and not target.runs_here:
             raise RebirthError(f"--evaluate runs the compiled model, and {target.label} builds cannot run here")
         if self.rebirth and self.rebirth.select == "latency" and self.rpc is None:

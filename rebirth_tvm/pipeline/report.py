@@ -156,7 +156,10 @@ def markdown(report: dict[str, Any]) -> str:
                   _table(["", "as imported", "compiled"], [
                       ["top-1", f"{evaluation['top1_before']:.2%}", f"{evaluation['top1_after']:.2%}"],
                       ["median latency per image (ms)", f"{evaluation['latency_ms_before']['median']:.3g}", f"{evaluation['latency_ms_after']['median']:.3g}"],
-                  ]), "", f"Agreement of the two: {evaluation['agreement']:.2%}; speed-up {evaluation['speedup']:.2f}x ({evaluation['note']})."]
+                  ]), "", f"Agreement of the two: {evaluation['agreement']:.2%}; speed-up {evaluation['speedup']:.2f}x ({evaluation['note']}). "
+                  f"Inputs: {evaluation['preprocessing']}."]
+        if evaluation.get("warning"):
+            parts += ["", f"**Warning: {evaluation['warning']}.**"]
     summary = Counter((s["pass_name"], s["status"]) for s in sites)
     if summary:
         parts += ["", "Summary: " + "; ".join(f"{p} {st} {n}" for (p, st), n in sorted(summary.items()))]

@@ -11,8 +11,10 @@ stage before produced. The bench and the accuracy study call the stages they nee
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -85,13 +87,14 @@ def prepare(model, options: CompileOptions) -> Job:
     onnx_model = read_onnx(model)
     specs = graph_inputs(onnx_model, options.input_shape)
     name = model if isinstance(model, str) else (onnx_model.graph.name or "model")
-    calibration = calibration_for(options.rebirth, name, specs) if options.rebirth else None
+    preprocessing = preprocessing_for(options, name, specs)
+    calibration = calibration_for(options.rebirth, specs, preprocessing) if options.rebirth else None
     evaluation_set = None
     if options.evaluate:
         from rebirth_tvm.pipeline.evaluate import labelled_test_set, parse
 
-        evaluation_set = parse(options.evaluate)
-        labelled_test_set(evaluation_set[0], 1, specs[0].shape)  # a missing dataset or wrong model fails now
+        evaluation_set = (*parse(options.evaluate), preprocessing)
+        labelled_test_set(evaluation_set[0], 1, specs[0].shape, preprocessing)  # a missing dataset or wrong model fails now
     if options.verify == "qemu":
         from rebirth_tvm.backend.native import emulator
 
@@ -104,15 +107,28 @@ def prepare(model, options: CompileOptions) -> Job:
                calibration, evaluation_set)
 
 
-def calibration_for(options: RebirthOptions, name, specs):
-    """The calibration inputs, preprocessed as the model expects; enough for a held-out batch."""
+def preprocessing_for(options: CompileOptions, name, specs):
+    """How images become this model's inputs: the preset (``--preset``, else the zoo model's,
+    else by the input's channels: gray for one, ImageNet's for three) with the user's overrides."""
+    from rebirth_tvm.frontend.preprocessing import resolve
     from rebirth_tvm.frontend.zoo import MODELS
+
+    given = options.rebirth.preset if options.rebirth else None
+    default = MODELS[name].preset if isinstance(name, str) and name in MODELS else (
+        "gray" if len(specs[0].shape) == 4 and int(specs[0].shape[1]) == 1 else "imagenet")
+    preprocessing = resolve(given, default)
+    if options.normalisation is not None:
+        preprocessing = options.normalisation.applied_to(preprocessing)
+    return preprocessing
+
+
+def calibration_for(options: RebirthOptions, specs, preprocessing):
+    """The calibration inputs, preprocessed as the model expects; enough for a held-out batch."""
     from rebirth_tvm.relearn.calibration import load_calibration
 
-    preset = options.preset or (MODELS[name].preset if isinstance(name, str) and name in MODELS else "imagenet")
     # Three at least: one held out for the end-to-end fidelity, two left so that the relearning
     # pass can hold one out for each site's fidelity.
-    calibration = load_calibration(options.calib, specs[0].shape, preset=preset, count=options.calib_count, min_samples=3)
+    calibration = load_calibration(options.calib, specs[0].shape, preset=preprocessing, count=options.calib_count, min_samples=3)
     batch = int(specs[0].shape[0])
     if len(calibration.held_out) < batch:
         # The end-to-end fidelity runs whole batches of held-out inputs: with none it would be NaN.
@@ -180,9 +196,20 @@ def rewrite_relearned(job: Job, exact: Rewrite | None = None) -> Relearned:
     sibling_merge = options.passes == "exact" and options.merge_parallel
     if exact is None:
         exact = rewrite_exact(job, merge_parallel=False)
-    module, sites, relearn_seconds, finetuned = _relearn(job, exact.module, sibling_merge)
+    selection = None
+    if rebirth.max_drop is not None:
+        job, selection = _sites_within_budget(job, exact.module, sibling_merge)
+    module, sites, relearn_seconds, finetuned, distilled = _relearn(job, exact.module, sibling_merge)
     built = build(module, options.target)
     fidelity = held_out_fidelity(job, host_build_for(built, module))
+    if selection is not None:
+        put_back = set(selection["put_back"])
+        cost = selection["site_cost_points"]
+        sites = [dataclasses.replace(s, reason=f"put back by --max-drop {rebirth.max_drop:g}: alone it cost {cost[s.site]:g} points of "
+                                               f"held-out agreement, and with it the cheaper sites went over the budget")
+                 if s.site in put_back else s for s in sites]
+        selection["final_drop_points"] = round(100 * (1 - fidelity["top1_agreement"]), 2)
+        fidelity["max_drop"] = selection
     fidelity.update({
         "calibration": job.calibration.description,
         "random_inputs": job.calibration.is_random,
@@ -191,6 +218,8 @@ def rewrite_relearned(job: Job, exact: Rewrite | None = None) -> Relearned:
     })
     if finetuned:
         fidelity["finetune"] = finetuned
+    if distilled:
+        fidelity["distill"] = distilled
     return Relearned(module, list(exact.sites) + sites, built, fidelity)
 
 
@@ -209,7 +238,7 @@ def _relearn(job: Job, module, sibling_merge: bool):
         selector = LatencySelector(options.target, margin=rebirth.select_margin, rpc=options.rpc,
                                    tuning_db=database if database and os.path.isdir(database) else None)
     hook = resolve_hook(rebirth.hook)
-    finetuned = None
+    finetuned = distilled = None
     with record_sites() as sites:
         # Exact first: pools after inception modules move into the branches, where they merge.
         module = reference = DistributePoolOverConcat(sites=rebirth.sites)(module)
@@ -223,6 +252,15 @@ def _relearn(job: Job, module, sibling_merge: bool):
                                      max_site_error=rebirth.max_site_error)(module)
         if rebirth.refit_classifier:
             module = RefitClassifier(train, reference, hook=hook)(module)
+        if rebirth.distill is not None:
+            from rebirth_tvm.relearn.distill import classifier_input, distill
+
+            regenerated = {b for s in sites if s.status == "rewritten" and not s.exact for b in s.detail.get("new_bindings", [])}
+            options_ = rebirth.distill
+            if classifier_input(reference["main"]) is None and options_.feature_weight:
+                options_ = dataclasses.replace(options_, feature_weight=0.0)  # no classifier: logits only
+            module, distilled = distill(module, _teacher(reference), train, job.calibration.held_out, regenerated,
+                                        options_, log=_log)
         relearn_seconds = time.perf_counter() - start
         if rebirth.finetune is not None:
             from rebirth_tvm.relearn.finetune import finetune
@@ -232,7 +270,84 @@ def _relearn(job: Job, module, sibling_merge: bool):
             module, finetuned = finetune(module, regenerated, rebirth.finetune)
         if sibling_merge:
             module = MergeParallelConvs(allow_kernel_padding=options.allow_kernel_padding)(module)
-    return module, list(sites), relearn_seconds, finetuned
+    return module, list(sites), relearn_seconds, finetuned, distilled
+
+
+#: passes whose sites ``--max-drop`` chooses among (the classifier refit is not a merge: it stays)
+SELECTABLE_PASSES = ("Rebirth", "TuckerDecompose")
+
+
+def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, dict]:
+    """``--max-drop POINTS``: the most sites whose rebirth keeps the held-out top-1 agreement with
+    the original within ``POINTS`` of 100%, chosen by what each site costs the task.
+
+    1. Every site relearned: within the budget, all are kept.
+    2. Otherwise each site's own cost is measured: the agreement drop with only that site reborn.
+    3. Sites are added cheapest first (ties: the most MACs saved first), and the longest such
+       prefix whose measured drop is within the budget is kept (a binary search over its length;
+       every candidate set is relearned and measured, so what is kept was measured within it).
+
+    Drops are measured on the held-out calibration inputs (a fifth of them, never fitted on):
+    with 200 of them, one image is half a point. The slow recovery steps (distillation,
+    fine-tuning) run once, on the chosen set. Returns the job with those sites selected and what
+    was measured.
+    """
+    rebirth = job.options.rebirth
+    quick = dataclasses.replace(rebirth, distill=None, finetune=None, max_drop=None)
+    budget = rebirth.max_drop
+    trials = []
+
+    def trial(selection, what: str):
+        trial_job = dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(quick, sites=selection)))
+        trial_module, records, _, _, _ = _relearn(trial_job, module, sibling_merge)
+        fidelity = held_out_fidelity(job, build(trial_module, "x86"))
+        drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
+        relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
+        trials.append({"trial": what, "sites": len(relearned), "drop_points": drop})
+        return drop, relearned
+
+    drop_all, relearned = trial(rebirth.sites, "every site")
+    selection = {"budget_points": budget, "drop_all_sites_points": drop_all, "trials": trials,
+                 "measured_on": f"top-1 agreement with the original on the {len(job.calibration.held_out)} held-out calibration inputs"}
+    names = [r.site for r in relearned]
+    if drop_all <= budget:
+        return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}}
+    saved = {r.site: r.detail.get("macs_before", 0) - r.detail.get("macs_after", 0) for r in relearned}
+    cost = {name: trial([name], f"only {name}")[0] for name in names}
+    order = sorted(names, key=lambda n: (cost[n], -saved[n]))
+    best, low, high = 0, 1, len(order)
+    while low <= high:  # the longest cheapest-first prefix measured within the budget
+        m = (low + high) // 2
+        if trial(order[:m], f"cheapest {m}")[0] <= budget:
+            best, low = m, m + 1
+        else:
+            high = m - 1
+    kept, put_back = order[:best], order[best:]
+    selection.update({"kept": kept, "put_back": put_back, "site_cost_points": cost})
+    return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(rebirth, sites=kept))), selection
+
+
+def _teacher(reference: tvm.IRModule):
+    """The original network (``reference``: before any relearned rewrite) as ``images →
+    (logits, the classifier's input features)``, built for this machine; what distillation
+    learns from."""
+    from rebirth_tvm.relearn.distill import classifier_input, with_features
+
+    has_features = classifier_input(reference["main"]) is not None
+    built = build(with_features(reference) if has_features else reference, "x86")
+    batch = int(reference["main"].params[0].ty.shape[0])
+
+    def run(images: np.ndarray):
+        outs = [built.run(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
+        if not has_features:
+            return np.concatenate(outs)
+        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
+
+    return run
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def held_out_fidelity(job: Job, checked: BuiltModel) -> dict:
@@ -317,7 +432,8 @@ def evaluate(job: Job, built: BuiltModel, tuned: bool) -> dict:
     """Top-1 and speed of the model as imported and as compiled, on the labelled test set."""
     from rebirth_tvm.pipeline.evaluate import before_and_after
 
-    result = before_and_after(build(job.original, job.options.target), built, *job.evaluation_set, job.specs[0].shape)
+    dataset, count, preprocessing = job.evaluation_set
+    result = before_and_after(build(job.original, job.options.target), built, dataset, count, job.specs[0].shape, preprocessing)
     if tuned:
         result["note"] = "the original is TVM-built untuned, the result tuned; timed round-robin in one process"
     return result

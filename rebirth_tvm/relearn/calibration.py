@@ -24,21 +24,12 @@ import numpy as np
 
 from rebirth_tvm.core.errors import RebirthError
 from rebirth_tvm.core.memory import check_fits_in_memory
+from rebirth_tvm.frontend.preprocessing import Preprocessing
+from rebirth_tvm.frontend.preprocessing import resolve as resolve_preprocessing
 
 #: The name that selects Fashion-MNIST's training images as calibration inputs.
 FASHION_MNIST = "fashion-mnist"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
-
-#: name → (mean, std, resize ratio before the centre crop, channels); images are scaled to [0, 1] first.
-PRESETS = {
-    # torchvision's ImageNet convention: resize the short side to 256/224 of the crop, crop, normalise.
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225), 256 / 224, 3),
-    # EfficientNet-Lite (TF-Lite's convention): pixels in 0..255, (x - 127) / 128.
-    "efficientnet-lite": ((127 / 255,) * 3, (128 / 255,) * 3, 256 / 224, 3),
-    # single-channel images in [0, 1], resized straight to the input size (e.g. Fashion-MNIST).
-    "gray": ((0.0,), (1.0,), 1.0, 1),
-}
-
 
 @dataclass
 class Calibration:
@@ -55,34 +46,34 @@ class Calibration:
         return f"{kind}: {len(self.train)} for relearning, {len(self.held_out)} held out"
 
 
-def preprocess_image(path: str, shape: Sequence[int], preset: str = "imagenet") -> np.ndarray:
-    """One image file → a ``(C, H, W)`` float32 array for a model whose input is ``(N, C, H, W)``."""
+def preprocess_image(path: str, shape: Sequence[int], preset: "str | Preprocessing" = "imagenet") -> np.ndarray:
+    """One image file → a ``(C, H, W)`` float32 array for a model whose input is ``(N, C, H, W)``,
+    normalised by ``preset`` (a preset name or a :class:`Preprocessing`)."""
     from PIL import Image, UnidentifiedImageError
 
-    mean, std, ratio, channels = PRESETS[preset]
+    preprocessing = resolve_preprocessing(preset)
     height, width = int(shape[2]), int(shape[3])
+    channels = preprocessing.channels
     try:
         with Image.open(path) as image:
             image = image.convert("RGB" if channels == 3 else "L")
-            scale = ratio * max(height / image.height, width / image.width)
+            scale = preprocessing.resize_ratio * max(height / image.height, width / image.width)
             resized = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.BILINEAR)
             left, top = (resized.width - width) // 2, (resized.height - height) // 2
             pixels = np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.float32) / 255.0
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as err:
         raise RebirthError(f"cannot read image {path}: {err}") from None
-    pixels = pixels.reshape(height, width, channels).transpose(2, 0, 1)
-    return ((pixels - np.asarray(mean, np.float32)[:, None, None]) / np.asarray(std, np.float32)[:, None, None]).astype(np.float32)
+    return preprocessing.apply(pixels.reshape(height, width, channels).transpose(2, 0, 1))
 
 
-def load_calibration(source, input_shape: Sequence[int], preset: str = "imagenet", count: int | None = None,
+def load_calibration(source, input_shape: Sequence[int], preset: "str | Preprocessing" = "imagenet", count: int | None = None,
                      held_out: float = 0.2, min_samples: int = 2, seed: int = 0) -> Calibration:
     """Read calibration inputs for a model whose input is ``input_shape`` (N, C, H, W).
 
     Raises :class:`RebirthError` (one line) for a missing or empty folder, an unreadable image,
     an array of the wrong shape or channel count, or fewer than ``min_samples`` inputs.
     """
-    if preset not in PRESETS:
-        raise RebirthError(f"unknown preprocessing preset {preset!r}; known: {', '.join(PRESETS)}")
+    preprocessing = resolve_preprocessing(preset)
     if count is not None and (isinstance(count, bool) or not isinstance(count, (int, np.integer)) or count < 1):
         raise RebirthError(f"the calibration count must be 1 or more, got {count}")
     sample_shape = tuple(int(d) for d in input_shape[1:])
@@ -93,7 +84,7 @@ def load_calibration(source, input_shape: Sequence[int], preset: str = "imagenet
 
         if sample_shape != (1, 28, 28):
             raise RebirthError(f"--calib {FASHION_MNIST} gives 1x28x28 images; the model takes {'x'.join(map(str, sample_shape))}")
-        data = fashion_mnist_inputs("train", count)
+        data = preprocessing.apply(fashion_mnist_inputs("train", count))
         label = f"{len(data)} Fashion-MNIST training images (labels unused)"
     elif is_random:
         n = count or 32
@@ -106,10 +97,11 @@ def load_calibration(source, input_shape: Sequence[int], preset: str = "imagenet
             if not files:
                 raise RebirthError(f"calibration folder {path} has no images ({', '.join(IMAGE_EXTENSIONS)})")
             files = files[:count] if count else files
-            if PRESETS[preset][3] != sample_shape[0]:
-                raise RebirthError(f"preset {preset!r} makes {PRESETS[preset][3]}-channel images; the model takes {sample_shape[0]} channels")
-            data = np.stack([preprocess_image(os.path.join(path, f), input_shape, preset) for f in files])
-            label = f"{len(files)} images from {path} (preset {preset})"
+            if preprocessing.channels != sample_shape[0]:
+                raise RebirthError(f"preset {preprocessing.name!r} makes {preprocessing.channels}-channel images; "
+                                   f"the model takes {sample_shape[0]} channels")
+            data = np.stack([preprocess_image(os.path.join(path, f), input_shape, preprocessing) for f in files])
+            label = f"{len(files)} images from {path} (preset {preprocessing.name})"
         elif path.endswith(".npy"):
             if not os.path.exists(path):
                 raise RebirthError(f"no such calibration file: {path}")

@@ -107,7 +107,9 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
     if not weights:
         raise RebirthError("fine-tuning: the model has no weight constants to train")
 
-    def emit(bb, data, weight_vars):
+    def emit(bb, data, weight_vars, capture: relax.Var | None = None):
+        """``main``'s bindings on ``data``; returns the output, or ``(output, what capture
+        became)`` when ``capture`` (a variable of ``main``) is given."""
         from rebirth_tvm.core.graph import substitute
 
         remap = {func.params[0]: data}
@@ -123,7 +125,8 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
             else:
                 value = rebuild(value)
             remap[binding.var] = bb.emit(value, name_hint=binding.var.name)
-        return rebuild(func.body.body)
+        out = rebuild(func.body.body)
+        return out if capture is None else (out, remap[capture])
 
     return weights, emit
 

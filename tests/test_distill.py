@@ -1,0 +1,207 @@
+"""End-to-end distillation without labels: gradients checked by finite differences, training
+that gets closer to the teacher on held-out inputs, and never ends worse than it started."""
+
+import numpy as np
+import pytest
+import tvm
+from test_finetune import small_classifier
+from tvm import relax
+
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.relearn.distill import (DistillOptions, _training_module, augment, distill, distillation_loss, feature_loss, softmax,
+                                         with_features)
+from rebirth_tvm.relearn.finetune import _rebuilt_main, _register_missing_gradients, lift_weights
+
+
+def perturbed(mod, binding: str, scale: float, seed: int):
+    """``mod`` with noise (``scale`` × the weights' spread) added to ``binding``'s weight: a
+    student that starts away from its teacher. Returns the module and the binding's name."""
+    func = mod["main"]
+    weights, emit = lift_weights(func, {binding})
+    r = np.random.default_rng(seed)
+    values = [w + (scale * w.std() * r.standard_normal(w.shape)).astype(w.dtype) if fast else w for w, fast in weights]
+    return tvm.IRModule({"main": _rebuilt_main(func, values, emit)}), binding
+
+
+def run_main(mod, images):
+    vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target("llvm")), tvm.cpu())
+    return np.concatenate([vm["main"](tvm.runtime.tensor(images[i:i + 1])).numpy() for i in range(len(images))])
+
+
+def teacher_of(mod):
+    """images → (logits, the classifier's input features) of ``mod``."""
+    vm = relax.VirtualMachine(tvm.compile(with_features(mod), target=tvm.target.Target("llvm")), tvm.cpu())
+
+    def run(images):
+        outs = [vm["main"](tvm.runtime.tensor(images[i:i + 1])) for i in range(len(images))]
+        return np.concatenate([o[0].numpy() for o in outs]), np.concatenate([o[1].numpy() for o in outs])
+
+    return run
+
+
+def test_the_objective_is_zero_only_when_the_logits_agree():
+    r = np.random.default_rng(0)
+    teacher = r.standard_normal((5, 4))
+    assert distillation_loss(teacher, teacher, 4.0) == pytest.approx(0.0, abs=1e-12)
+    assert distillation_loss(teacher + r.standard_normal((5, 4)), teacher, 4.0) > 1e-3
+    assert distillation_loss(teacher + 3.0, teacher, 2.0) == pytest.approx(0.0, abs=1e-12)  # a shift changes no probability
+    np.testing.assert_allclose(softmax(teacher, 2.0).sum(-1), 1.0)
+
+
+def test_gradients_match_finite_differences():
+    _register_missing_gradients()
+    mod = small_classifier()  # float64, through the LRN, slices and concat
+    weights, emit = lift_weights(mod["main"], set())
+    training = _training_module(mod["main"], weights, emit, temperature=3.0, feature_weight=0.5, feature_scale=2.0)
+    grad_mod = relax.transform.Gradient("loss", require_grads=list(training["loss"].params[3:]))(training)
+    vm = relax.VirtualMachine(tvm.compile(grad_mod, target=tvm.target.Target("llvm")), tvm.cpu())
+    r = np.random.default_rng(1)
+    x = r.standard_normal((1, 2, 6, 6))
+    targets = softmax(r.standard_normal((1, 4)), 3.0)
+    target_features = r.standard_normal((1, 6))
+    values = [w.copy() for w, _ in weights]
+
+    def tensors(vals):
+        return [tvm.runtime.tensor(v) for v in vals]
+
+    def loss(vals):
+        return float(vm["loss"](tvm.runtime.tensor(x), tvm.runtime.tensor(targets), tvm.runtime.tensor(target_features),
+                                *tensors(vals)).numpy())
+
+    # The objective itself, against numpy: T² × soft cross-entropy + 0.5 × ‖f − f_t‖² / 2.
+    logits, features = (o.numpy() for o in vm["logits"](tvm.runtime.tensor(x), *tensors(values)))
+    expected = -9.0 * np.sum(targets * np.log(softmax(logits, 3.0))) + 0.5 * feature_loss(features, target_features, 2.0)
+    assert loss(values) == pytest.approx(expected, rel=1e-10)
+    _, adjoints = vm["loss_adjoint"](tvm.runtime.tensor(x), tvm.runtime.tensor(targets), tvm.runtime.tensor(target_features),
+                                     *tensors(values))
+    for k, adjoint in enumerate(adjoints):
+        flat = values[k].reshape(-1)
+        for index in r.choice(flat.size, size=min(3, flat.size), replace=False):
+            step = 1e-6
+            up, down = [v.copy() for v in values], [v.copy() for v in values]
+            up[k].reshape(-1)[index] += step
+            down[k].reshape(-1)[index] -= step
+            numeric = (loss(up) - loss(down)) / (2 * step)
+            assert adjoint.numpy().reshape(-1)[index] == pytest.approx(numeric, rel=1e-4, abs=1e-8)
+
+
+def test_distillation_brings_a_damaged_student_back_towards_the_teacher_without_labels():
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
+    r = np.random.default_rng(4)
+    train, held = r.standard_normal((48, 1, 2, 6, 6)).astype(np.float32), r.standard_normal((24, 1, 2, 6, 6)).astype(np.float32)
+    train, held = train[:, 0], held[:, 0]
+
+    teacher = teacher_of(teacher_mod)
+    options = DistillOptions(epochs=6, batch=8, lr=3e-3, seed=0, feature_weight=0.0)  # the logits alone
+    out, summary = distill(student_mod, teacher, train, held, {damaged}, options)
+    before, after = summary["before"]["objective"], summary["after"]["objective"]
+    assert after < 0.7 * before, summary["history"]
+    # Measured again from the returned module, on the held-out inputs: closer to the teacher
+    # than the student was, and than a constant (the teacher's mean logits, whatever the input).
+    teacher_held, _ = teacher(held)
+    measured = distillation_loss(run_main(out, held), teacher_held, 4.0)
+    assert measured == pytest.approx(after, rel=1e-3)
+    constant = distillation_loss(np.broadcast_to(teacher_held.mean(0), teacher_held.shape), teacher_held, 4.0)
+    assert measured < min(before, constant)
+    assert summary["epochs_run"] >= 1 and summary["fast_tensors"] >= 3  # the site's conv and bias, the classifier
+
+
+def test_a_distillation_that_diverges_keeps_the_weights_it_started_from():
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.05, seed=3)
+    r = np.random.default_rng(5)
+    train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
+    out, summary = distill(student_mod, teacher_of(teacher_mod), train, held, {damaged},
+                           DistillOptions(epochs=2, batch=4, lr=50.0, rest_scale=1.0, patience=1))
+    assert summary["best_epoch"] == 0 and summary["after"] == {k: summary["before"][k] for k in ("objective", "agreement")}
+    np.testing.assert_allclose(run_main(out, held), run_main(student_mod, held), rtol=1e-6)
+
+
+def test_the_feature_term_pulls_the_features_to_the_teachers_too():
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
+    r = np.random.default_rng(4)
+    train, held = r.standard_normal((48, 2, 6, 6)).astype(np.float32), r.standard_normal((24, 2, 6, 6)).astype(np.float32)
+    teacher = teacher_of(teacher_mod)
+    _, teacher_features = teacher(held)
+    scale = float(np.mean(np.sum(teacher(train)[1] ** 2, -1)))
+    _, before = teacher_of(student_mod)(held)
+    distance = {}
+    for weight in (0.0, 5.0):
+        out, summary = distill(student_mod, teacher, train, held, {damaged},
+                               DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=weight))
+        distance[weight] = feature_loss(teacher_of(out)(held)[1], teacher_features, scale)
+        assert summary["after"]["objective"] < summary["before"]["objective"]
+    assert distance[5.0] < min(distance[0.0], feature_loss(before, teacher_features, scale)), distance
+
+
+def test_augmentation_flips_and_shifts_but_keeps_the_shape():
+    images = np.arange(2 * 1 * 12 * 12, dtype=np.float32).reshape(2, 1, 12, 12)
+    out = augment(images, np.random.default_rng(0))
+    assert out.shape == images.shape and not np.array_equal(out, images)
+    # Nothing is invented: every value is an input value or the zero fill.
+    assert set(np.unique(out)) <= set(np.unique(images)) | {0.0}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(epochs=0), "--distill-epochs must be 1 or more"),
+    (dict(temperature=0), "temperature must be above 0"),
+    (dict(lr=-1), "lr must be above 0"),
+    (dict(patience=0), "patience must be 1 or more"),
+    (dict(feature_weight=-1), "feature_weight must be 0 or more"),
+])
+def test_bad_options_are_one_line_errors(kwargs, message):
+    with pytest.raises(RebirthError, match=message):
+        DistillOptions(**kwargs)
+
+
+def test_distillation_refuses_too_few_inputs():
+    mod = small_classifier(dtype="float32")
+    with pytest.raises(RebirthError, match="at least 1 training and held-out"):
+        distill(mod, lambda images: images, np.zeros((0, 2, 6, 6), np.float32), np.zeros((2, 2, 6, 6), np.float32), set())
+    with pytest.raises(RebirthError, match="the teacher gives no features"):
+        distill(mod, lambda images: np.zeros((len(images), 4), np.float32), np.zeros((4, 2, 6, 6), np.float32),
+                np.zeros((2, 2, 6, 6), np.float32), set())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rebirth", "--calib", "random", "--distill", "--distill-epochs", "0"], "--distill-epochs must be 1 or more"),
+    (["--rebirth", "--calib", "random", "--distill-epochs", "3"], "--distill-epochs only applies with --distill"),
+    (["--distill"], "--distill only apply with --rebirth"),
+])
+def test_bad_distill_flags_are_one_line_errors_and_write_nothing(tmp_path, cli, args, message):
+    proc = cli("--model", "fashion_googlenet", *args, "--out", str(tmp_path / "o"))
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_the_pipeline_distils_a_reborn_network_and_reports_it(tmp_path):
+    # The whole path on a small inception network: relearned merges, then distillation from
+    # the original on the calibration images; the report holds its before/after.
+    import onnx
+    from onnx_builders import inception, with_classifier
+
+    from rebirth_tvm.pipeline import RebirthOptions, compile_model
+
+    model = with_classifier(inception(pooled=False))
+    path = tmp_path / "inception.onnx"
+    onnx.save(model, path)
+    calib = np.random.default_rng(0).standard_normal((30, 3, 16, 16)).astype(np.float32)
+    result = compile_model(str(path), rebirth=RebirthOptions(calib=calib, distill=DistillOptions(epochs=2, batch=8)))
+    summary = result.report["fidelity"]["distill"]
+    assert summary["epochs_run"] >= 1 and summary["after"]["objective"] <= summary["before"]["objective"]
+    assert summary["images"] == 24 and summary["held_out"] == 6
+
+
+def test_a_model_without_class_logits_is_refused_in_one_line():
+    x = relax.Var("x", relax.TensorType((1, 2, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(relax.op.nn.conv2d(x, relax.const(np.ones((3, 2, 1, 1), np.float32))))
+        bb.emit_func_output(out)
+    images = np.zeros((4, 2, 6, 6), np.float32)
+    with pytest.raises(RebirthError, match=r"distillation matches class logits; this model's output is \(1, 3, 6, 6\)"):
+        distill(bb.get(), lambda i: i, images, images, set())
