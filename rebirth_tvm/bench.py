@@ -76,13 +76,14 @@ def bench_model(name: str, target, tune_trials: int, tuning_db: str, calib, cali
     from rebirth_tvm.pipeline import stages
     from rebirth_tvm.pipeline.options import CompileOptions, RebirthOptions
 
-    if name not in MODELS:
-        raise RebirthError(f"unknown model {name!r}; known: {', '.join(MODELS)}")
+    if name not in MODELS and not (name.endswith(".onnx") and os.path.isfile(name)):
+        raise RebirthError(f"unknown model {name!r}; known: {', '.join(MODELS)}, or an .onnx file")
     # The stages this needs, no more: the variants' modules (no exact check, no output files).
     job = stages.prepare(name, CompileOptions(target=resolve_target("x86"), seed=0))
     input_list, inputs, specs, onnx_model = job.input_list, job.inputs, job.specs, job.onnx_model
     modules = {"original": job.original, "exact": stages.rewrite_exact(job).module}
-    result = {"model": name, "input_shape": list(specs[0].shape), "variants": {}}
+    result = {"model": os.path.splitext(os.path.basename(name))[0] if name.endswith(".onnx") else name,
+              "input_shape": list(specs[0].shape), "variants": {}}
     variants = {"reborn": None, **({"reborn_tucker": tucker} if tucker else {})} if rebirth else {}
     for variant, energy in variants.items():
         log(f"[{name}] relearning the {variant.replace('_', ' + ')} variant" + (f" (energy {energy:g})" if energy else "") + " ...")
@@ -103,7 +104,7 @@ def bench_model(name: str, target, tune_trials: int, tuning_db: str, calib, cali
     for variant, module in modules.items():
         log(f"[{name}] building {variant}" + (f" with {tune_trials} tuning trials" if tune_trials else " (untuned)"))
         if tune_trials:
-            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, target.tvm.kind.name, f"{name}-{variant}"),
+            built, info = build_tuned(module, target, tune_trials, os.path.join(tuning_db, target.tvm.kind.name, f"{result['model']}-{variant}"),
                                       rpc=rpc)
             tuning[variant] = info
         else:
@@ -121,7 +122,7 @@ def bench_model(name: str, target, tune_trials: int, tuning_db: str, calib, cali
         variants.append(measure.onnxruntime_variant("ort_original", onnx_model, inputs))
         if "reborn" in modules:
             try:
-                reborn_onnx = to_onnx(modules["reborn"], name=name)
+                reborn_onnx = to_onnx(modules["reborn"], name=result["model"])
             except RebirthError as err:  # (MobileNetV2's ReLU6 imports as a TIR function)
                 result["ort_reborn_not_measured"] = str(err)
                 log(f"[{name}] onnxruntime on the reborn model: not measured ({err})")
@@ -192,7 +193,7 @@ def environment(target, tune_trials: int) -> dict:
 def main(argv=None) -> int:
     parser = cli.ArgumentParser(prog="python -m rebirth_tvm.bench", description=__doc__.split("\n\n")[0],
                                 epilog=cli.EXIT_CODES_HELP)
-    parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated zoo models (default {DEFAULT_MODELS}; 'squeezenet' is squeezenet1_0)")
+    parser.add_argument("--models", default=DEFAULT_MODELS, help=f"comma-separated zoo models or .onnx files (default {DEFAULT_MODELS}; 'squeezenet' is squeezenet1_0)")
     parser.add_argument("--target", default="x86", help="x86 (measured here), cuda (needs a GPU here) or arm (needs a board: --rpc-tracker)")
     parser.add_argument("--rpc-tracker", default=None, metavar="HOST:PORT", help="tune and time the TVM variants on a device over TVM RPC (an ARM board, a GPU machine)")
     parser.add_argument("--rpc-key", default=None, help="the key the device's rpc_server registered with")
