@@ -8,6 +8,7 @@ import json
 import os
 
 import numpy as np
+import onnx
 import pytest
 from onnx_builders import tiny_cnn
 
@@ -117,3 +118,15 @@ def test_bench_refuses_to_time_what_cannot_run_here(tmp_path, capsys):
     assert main(["--models", "googlenet", "--target", "arm", "--out", str(tmp_path)]) == 2
     assert "never reported as measured" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "arm")
+
+
+def test_bench_takes_an_onnx_file_and_names_its_results_after_it(tmp_path, capsys):
+    from rebirth_tvm.bench import main
+
+    model = tmp_path / "mine.onnx"
+    onnx.save(tiny_cnn(), model)
+    assert main(["--models", str(model), "--skip-rebirth", "--repeats", "2", "--out", str(tmp_path / "r")]) == 0
+    result = json.loads((tmp_path / "r" / "x86" / "mine.json").read_text())
+    assert result["model"] == "mine" and set(result["variants"]) >= {"original", "exact", "ort_original"}
+    assert main(["--models", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "s")]) == 2
+    assert "unknown model" in capsys.readouterr().err and not (tmp_path / "s").exists()
