@@ -130,3 +130,20 @@ def test_bench_takes_an_onnx_file_and_names_its_results_after_it(tmp_path, capsy
     assert result["model"] == "mine" and set(result["variants"]) >= {"original", "exact", "ort_original"}
     assert main(["--models", str(tmp_path / "missing.onnx"), "--out", str(tmp_path / "s")]) == 2
     assert "unknown model" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_timed_onnxruntime_sessions_do_not_spin_between_runs(monkeypatch):
+    # Spinning workers took the cores from the next TVM sample in the round-robin.
+    import onnxruntime as ort
+
+    seen = {}
+    real = ort.InferenceSession
+
+    def recording(model, options, providers):
+        seen["spinning"] = options.get_session_config_entry("session.intra_op.allow_spinning")
+        return real(model, options, providers=providers)
+
+    monkeypatch.setattr(ort, "InferenceSession", recording)
+    x = np.zeros((1, 3, 16, 16), np.float32)
+    measure.onnxruntime_variant("ort", tiny_cnn(), {"x": x}).run()
+    assert seen["spinning"] == "0"

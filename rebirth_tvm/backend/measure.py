@@ -107,10 +107,12 @@ def tvm_variant(name: str, executable, inputs, device=None) -> Variant:
 
 
 def onnxruntime_variant(name: str, model, inputs: dict, threads: int | None = None) -> Variant:
-    """onnxruntime with its default (full) graph optimisations: what a user would run."""
+    """onnxruntime with its default (full) graph optimisations: what a user would run. Its
+    workers do not spin between runs: spinning took the cores from the next variant's sample
+    and cost onnxruntime nothing (see :func:`rebirth_tvm.frontend.reference.session`)."""
     from rebirth_tvm.frontend.reference import session as onnxruntime_session
 
-    session = onnxruntime_session(model, optimized=True, threads=threads or os.cpu_count() or 1)
+    session = onnxruntime_session(model, optimized=True, threads=threads or os.cpu_count() or 1, spinning=False)
     return Variant(name, lambda: session.run(None, inputs))
 
 

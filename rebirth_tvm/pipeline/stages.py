@@ -304,27 +304,30 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
         drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
         relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
         trials.append({"trial": what, "sites": len(relearned), "drop_points": drop})
-        return drop, relearned
+        return drop, relearned, records
 
-    drop_all, relearned = trial(rebirth.sites, "every site")
+    drop_all, relearned, records = trial(rebirth.sites, "every site")
+    # The exact rewrites the merges build on (a pool moved into the branches, whose parts then
+    # merge) stay in every trial: a merge site exists only where they were made.
+    exact = [r.site for r in records if r.status == "rewritten" and r.exact]
     selection = {"budget_points": budget, "drop_all_sites_points": drop_all, "trials": trials,
                  "measured_on": f"top-1 agreement with the original on the {len(job.calibration.held_out)} held-out calibration inputs"}
     names = [r.site for r in relearned]
     if drop_all <= budget:
         return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}}
     saved = {r.site: r.detail.get("macs_before", 0) - r.detail.get("macs_after", 0) for r in relearned}
-    cost = {name: trial([name], f"only {name}")[0] for name in names}
+    cost = {name: trial(exact + [name], f"only {name}")[0] for name in names}
     order = sorted(names, key=lambda n: (cost[n], -saved[n]))
     best, low, high = 0, 1, len(order)
     while low <= high:  # the longest cheapest-first prefix measured within the budget
         m = (low + high) // 2
-        if trial(order[:m], f"cheapest {m}")[0] <= budget:
+        if trial(exact + order[:m], f"cheapest {m}")[0] <= budget:
             best, low = m, m + 1
         else:
             high = m - 1
     kept, put_back = order[:best], order[best:]
     selection.update({"kept": kept, "put_back": put_back, "site_cost_points": cost})
-    return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(rebirth, sites=kept))), selection
+    return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(rebirth, sites=exact + kept))), selection
 
 
 def _teacher(reference: tvm.IRModule):
