@@ -132,18 +132,12 @@ def test_bench_takes_an_onnx_file_and_names_its_results_after_it(tmp_path, capsy
     assert "unknown model" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
-def test_timed_onnxruntime_sessions_do_not_spin_between_runs(monkeypatch):
-    # Spinning workers took the cores from the next TVM sample in the round-robin.
-    import onnxruntime as ort
-
-    seen = {}
-    real = ort.InferenceSession
-
-    def recording(model, options, providers):
-        seen["spinning"] = options.get_session_config_entry("session.intra_op.allow_spinning")
-        return real(model, options, providers=providers)
-
-    monkeypatch.setattr(ort, "InferenceSession", recording)
-    x = np.zeros((1, 3, 16, 16), np.float32)
-    measure.onnxruntime_variant("ort", tiny_cnn(), {"x": x}).run()
-    assert seen["spinning"] == "0"
+def test_each_sample_waits_for_the_other_runtimes_threads_and_runs_once_untimed(monkeypatch):
+    # Both runtimes' workers spin after a run: a sample taken right after another runtime's ran
+    # on half the cores. Each sample is preceded by an idle pause and one untimed run.
+    sleeps, calls = [], []
+    monkeypatch.setattr(measure.time, "sleep", lambda s: sleeps.append(s))
+    variants = [measure.Variant(n, lambda n=n: calls.append(n)) for n in ("a", "b")]
+    result = measure.interleaved_latency(variants, repeats=3, min_sample_seconds=0.0, warmup=0)
+    assert sleeps == [measure.SETTLE_SECONDS] * 6
+    assert calls.count("a") == 1 + 3 * (1 + result["a"]["runs_per_sample"])

@@ -107,12 +107,11 @@ def tvm_variant(name: str, executable, inputs, device=None) -> Variant:
 
 
 def onnxruntime_variant(name: str, model, inputs: dict, threads: int | None = None) -> Variant:
-    """onnxruntime with its default (full) graph optimisations: what a user would run. Its
-    workers do not spin between runs: spinning took the cores from the next variant's sample
-    and cost onnxruntime nothing (see :func:`rebirth_tvm.frontend.reference.session`)."""
+    """onnxruntime with its default (full) graph optimisations and threading: what a user would
+    run (its spinning workers are let settle between samples by :func:`interleaved_latency`)."""
     from rebirth_tvm.frontend.reference import session as onnxruntime_session
 
-    session = onnxruntime_session(model, optimized=True, threads=threads or os.cpu_count() or 1, spinning=False)
+    session = onnxruntime_session(model, optimized=True, threads=threads or os.cpu_count() or 1)
     return Variant(name, lambda: session.run(None, inputs))
 
 
@@ -144,12 +143,20 @@ def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: 
     return {name: _summary(s, f"device timer, ≥ {min_sample_ms:g} ms") for name, s in samples.items()}
 
 
+#: idle time before each sample, so that the previous variant's runtime parks its threads
+SETTLE_SECONDS = 0.05
+
+
 def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_seconds: float = 0.05,
-                        warmup: int = 3, progress=None) -> dict[str, dict]:
+                        warmup: int = 3, progress=None, settle_seconds: float = SETTLE_SECONDS) -> dict[str, dict]:
     """Median, p10 and p90 latency (ms) of each variant, sampled round-robin in one process.
 
     Each sample is the mean of as many back-to-back runs as fill ``min_sample_seconds`` (at
-    least one); the order of the variants rotates every repetition.
+    least one), after ``settle_seconds`` idle and one untimed run; the order of the variants
+    rotates every repetition. Both runtimes' worker threads spin for a while after a run: timed
+    right after another runtime's sample, a variant ran with half the cores (GoogLeNet on TVM:
+    21.5 ms alone, 32.9 ms right after onnxruntime; AlexNet on onnxruntime: 21.2 ms alone,
+    38.8 ms right after TVM). The idle time and the untimed run let the other threads park.
     """
     inner = {}
     for v in variants:
@@ -163,6 +170,9 @@ def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_s
     for r in range(repeats):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
+            if settle_seconds:
+                time.sleep(settle_seconds)
+            v.run()  # untimed: its own threads wake; any other runtime's have parked
             start = time.perf_counter()
             for _ in range(inner[v.name]):
                 v.run()

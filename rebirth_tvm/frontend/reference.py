@@ -16,10 +16,8 @@ def session(model: onnx.ModelProto, optimized: bool = False, threads: int | None
     """An onnxruntime CPU session: unoptimised by default (the oracle); ``optimized`` with every
     graph optimisation on, as a user would run it (what speed is compared against).
 
-    ``spinning=False`` stops onnxruntime's worker threads from busy-waiting after each run. Timed
-    round-robin next to TVM, spinning workers took the cores from the next TVM sample (GoogLeNet:
-    TVM 21.5 ms alone, 32.9 ms after onnxruntime samples) while onnxruntime itself ran no faster
-    with them (27.37 ms spinning alone, 27.36 ms not spinning, interleaved)."""
+    ``spinning=False`` stops onnxruntime's worker threads from busy-waiting after each run (the
+    default, True, is what users run; the bench lets them settle between samples instead)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
