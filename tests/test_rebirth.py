@@ -41,8 +41,10 @@ def test_relearning_on_real_photos_improves_every_site(tmp_path):
     # drift of the merges below it, which relearning corrects.
     for site in relearned:  # strictly better than the initial weights (no fallback) and than a constant
         fidelity, initial, constant = (site.detail[k]["rel_mse"] for k in ("fidelity", "fidelity_initial", "fidelity_channel_mean"))
-        # measured 0.25/0.20/0.40/0.38 against 0.29/0.25/0.59/0.54 initial and 0.58/0.58/0.63/0.54 constant
-        assert not site.detail["kept_initial"] and fidelity < 0.9 * initial and fidelity < 0.75 * constant, (site.site, fidelity, initial, constant)
+        # measured (hinge targets) 0.225/0.203/0.394/0.341 against 0.291/0.223/0.576/0.540 initial and
+        # 0.58/0.58/0.63/0.54 constant; without the hinge 0.249/0.200/0.396/0.381. norm1's margin
+        # over its initial weights is the smallest: those now see the better pool1 below them.
+        assert not site.detail["kept_initial"] and fidelity < 0.95 * initial and fidelity < 0.75 * constant, (site.site, fidelity, initial, constant)
 
 
 def test_cli_rebirth_writes_fidelity(tmp_path, capsys):
