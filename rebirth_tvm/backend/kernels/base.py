@@ -13,6 +13,14 @@ def extent(sch: s_tir.Schedule, loop) -> int | None:
     return int(value) if isinstance(value, tirx.IntImm) else None
 
 
+def static_shape(expr) -> list[int] | None:
+    """A Relax expression's shape as ints, or None when it has none or a dimension is symbolic."""
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None or not all(isinstance(d, tirx.IntImm) for d in shape):
+        return None
+    return [int(d) for d in shape]
+
+
 class InPlaceRule(ScheduleRule):
     """A dlight-style rule whose :meth:`schedule` works on a given ``Schedule`` in place (what a
     MetaSchedule design space needs); :meth:`apply` returns None — never raises — for a function

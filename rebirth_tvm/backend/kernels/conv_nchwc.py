@@ -103,23 +103,7 @@ class BlockedConv(InPlaceRule):
         rows = sch.fuse(n, occ_outer, oh)
         sch.parallel(rows)
 
-        # The epilogue (bias, ReLU, a residual add; the rest inlined into the last): written
-        # per tile from the accumulators, vectorised.
-        if consumers:
-            last = consumers[-1]
-            sch.reverse_compute_at(last, ow_outer, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(last)[-1])
-
-        # What feeds the conv (the padding, a layout transform): per parallel row block.
-        for producer in sch.get_producers(conv):
-            name = sch.get(producer).name_hint
-            try:
-                sch.compute_at(producer, rows, preserve_unit_loops=True)
-            except Exception:  # noqa: BLE001  (a producer that cannot move keeps its own loops)
-                continue
-            inner = sch.get_loops(producer)[-1]
-            if name.endswith("pad") and extent(sch, inner) and extent(sch, inner) > 1:
-                sch.vectorize(inner)
+        place_epilogue_and_inputs(sch, conv, consumers, rows, ow_outer, vectorise_input=lambda name: name.endswith("pad"))
 
         init = sch.decompose_reduction(conv, ic_outer)
         sch.vectorize(sch.get_loops(init)[-1])
@@ -128,6 +112,29 @@ class BlockedConv(InPlaceRule):
         for loop in (ow_inner, occ_inner, ocb):
             sch.unroll(loop)
         return True
+
+
+def place_epilogue_and_inputs(sch: s_tir.Schedule, conv, consumers: list, rows, tile, vectorise_input) -> None:
+    """What the conv templates share around their loop nest:
+
+    * the epilogue (bias, ReLU, a residual add; ``consumers[:-1]`` already inlined into the last)
+      is written per ``tile`` from the accumulators, vectorised;
+    * what feeds the conv (the padding, a layout transform) is computed per parallel ``rows``
+      block, no whole padded copy; its inner loop vectorised where ``vectorise_input(name)``.
+    """
+    if consumers:
+        last = consumers[-1]
+        sch.reverse_compute_at(last, tile, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(last)[-1])
+    for producer in sch.get_producers(conv):
+        name = sch.get(producer).name_hint
+        try:
+            sch.compute_at(producer, rows, preserve_unit_loops=True)
+        except Exception:  # noqa: BLE001  (a producer that cannot move keeps its own loops)
+            continue
+        inner = sch.get_loops(producer)[-1]
+        if vectorise_input(name) and extent(sch, inner) and extent(sch, inner) > 1:
+            sch.vectorize(inner)
 
 
 def consumer_chain(sch: s_tir.Schedule, block) -> list:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from rebirth_tvm.backend.kernels.base import InPlaceRule, extent
-from rebirth_tvm.backend.kernels.conv_nchwc import _choice, consumer_chain, tile_width
+from rebirth_tvm.backend.kernels.conv_nchwc import _choice, consumer_chain, place_epilogue_and_inputs, tile_width
 from rebirth_tvm.backend.kernels.layout import DEPTHWISE_BLOCK
 
 
@@ -51,18 +51,7 @@ class DepthwiseConv(InPlaceRule):
         sch.reorder(n, chunk, oh, ow_outer, kh, kw, ow_inner, block)
         rows = sch.fuse(n, chunk, oh)
         sch.parallel(rows)
-        if consumers:
-            last = consumers[-1]
-            sch.reverse_compute_at(last, ow_outer, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(last)[-1])
-        for producer in sch.get_producers(conv):
-            try:
-                sch.compute_at(producer, rows, preserve_unit_loops=True)
-            except Exception:  # noqa: BLE001  (a producer that cannot move keeps its own loops)
-                continue
-            inner = sch.get_loops(producer)[-1]
-            if extent(sch, inner) and extent(sch, inner) > 1:
-                sch.vectorize(inner)
+        place_epilogue_and_inputs(sch, conv, consumers, rows, ow_outer, vectorise_input=lambda name: True)
         init = sch.decompose_reduction(conv, kh)
         sch.vectorize(sch.get_loops(init)[-1])
         # The register tile unrolled whole; LLVM makes each channel block one vector (TVM will

@@ -29,7 +29,7 @@ import tvm
 from tvm import relax, topi
 from tvm.relax.transform.legalize_ops.nn import _nn_conv2d as default_conv2d
 
-from rebirth_tvm.backend.kernels.base import rewrite_functions
+from rebirth_tvm.backend.kernels.base import rewrite_functions, static_shape
 
 #: the name of the blocked conv's compute block (TOPI's), which the conv rule looks for
 CONV_BLOCK = "conv2d_NCHWc"
@@ -88,11 +88,10 @@ def _conv_work(mod: tvm.IRModule) -> list[tuple[int, tuple[int, ...]]]:
     def visit(expr):
         if not isinstance(expr, relax.Call) or not isinstance(expr.op, tvm.ir.Op) or expr.op.name != "relax.nn.conv2d":
             return
-        shapes = [getattr(getattr(e, "ty", None), "shape", None) for e in (expr.args[0], expr.args[1], expr)]
-        if any(s is None or not all(isinstance(d, tvm.tirx.IntImm) for d in s) for s in shapes) \
-                or str(expr.attrs.data_layout) != "NCHW":
+        shapes = [static_shape(e) for e in (expr.args[0], expr.args[1], expr)]
+        if any(s is None for s in shapes) or str(expr.attrs.data_layout) != "NCHW":
             return
-        (_, in_channels, _, _), (_, per_group, kh, kw), (_, out_channels, oh, ow) = ([int(d) for d in s] for s in shapes)
+        (_, in_channels, _, _), (_, per_group, kh, kw), (_, out_channels, oh, ow) = shapes
         macs = out_channels * oh * ow * per_group * kh * kw
         found.append((macs, (out_channels,) if in_channels < MIN_BLOCK else (in_channels, out_channels)))
 
@@ -171,12 +170,11 @@ class _BlockRemaining(relax.PyExprMutator):
                 or [int(d) for d in attrs.dilation] != [1, 1]:
             return call
         data, weight = call.args
-        shape = getattr(data.ty, "shape", None)
-        weight_shape = getattr(weight.ty, "shape", None)
-        if shape is None or weight_shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in [*shape, *weight_shape]):
+        shape, weight_shape = static_shape(data), static_shape(weight)
+        if shape is None or weight_shape is None:
             return call
-        in_channels, out_channels = int(shape[1]), int(weight_shape[0])
-        if int(attrs.groups) == in_channels == out_channels and int(weight_shape[1]) == 1:
+        in_channels, out_channels = shape[1], weight_shape[0]
+        if int(attrs.groups) == in_channels == out_channels and weight_shape[1] == 1:
             return self._depthwise(call, data, weight, in_channels)
         if int(attrs.groups) != 1:
             return call
@@ -228,15 +226,14 @@ class _SplitGroups(relax.PyExprMutator):
         attrs = call.attrs
         groups = int(attrs.groups)
         data, weight = call.args
-        shape = getattr(data.ty, "shape", None)
-        if groups == 1 or groups > MAX_SPLIT_GROUPS or shape is None or str(attrs.data_layout) != "NCHW" \
+        if groups == 1 or groups > MAX_SPLIT_GROUPS or str(attrs.data_layout) != "NCHW" \
                 or str(attrs.kernel_layout) != "OIHW" or str(attrs.out_layout) != "NCHW":
             return call
-        weight_shape = getattr(weight.ty, "shape", None)
-        if weight_shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in [*shape, *weight_shape]):
+        shape, weight_shape = static_shape(data), static_shape(weight)
+        if shape is None or weight_shape is None:
             return call  # symbolic channels: left as it is
-        in_per_group = int(shape[1]) // groups
-        out_per_group = int(weight_shape[0]) // groups
+        in_per_group = shape[1] // groups
+        out_per_group = weight_shape[0] // groups
         if in_per_group == 1:
             return call  # depthwise: one conv per channel would be no better
         parts = []
@@ -326,15 +323,12 @@ def _unblock_weight_map(layout: str):
 
 def _is_depthwise(call: relax.Call) -> bool:
     """One filter per channel: as many groups as input and output channels."""
-    data_shape, weight_shape = call.args[0].ty.shape, call.args[1].ty.shape
+    data_shape, weight_shape = static_shape(call.args[0]), static_shape(call.args[1])
     if data_shape is None or weight_shape is None or len(data_shape) != 5 or len(weight_shape) != 6:
         return False
-    dims = [*data_shape, *weight_shape]
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
-        return False
-    channels = int(data_shape[1]) * int(data_shape[4])
-    out_channels = int(weight_shape[0]) * int(weight_shape[5])
-    return int(call.attrs.groups) == channels == out_channels and int(weight_shape[1]) * int(weight_shape[4]) == 1
+    channels = data_shape[1] * data_shape[4]
+    out_channels = weight_shape[0] * weight_shape[5]
+    return int(call.attrs.groups) == channels == out_channels and weight_shape[1] * weight_shape[4] == 1
 
 
 def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation, out_dtype):
