@@ -8,8 +8,8 @@ from test_finetune import small_classifier
 from tvm import relax
 
 from rebirth_tvm.core.errors import RebirthError
-from rebirth_tvm.relearn.distill import (DistillOptions, _training_module, augment, distill, distillation_loss, feature_loss, softmax,
-                                         with_features)
+from rebirth_tvm.relearn.distill import (DistillOptions, _training_module, augment, classifier_input, distill, distillation_loss,
+                                         feature_loss, module_boundaries, softmax, tapped, with_features)
 from rebirth_tvm.relearn.finetune import _rebuilt_main, _register_missing_gradients, lift_weights
 
 
@@ -48,17 +48,26 @@ def test_the_objective_is_zero_only_when_the_logits_agree():
     np.testing.assert_allclose(softmax(teacher, 2.0).sum(-1), 1.0)
 
 
+def concat_name(mod) -> str:
+    return next(b.var.name for block in mod["main"].body.blocks for b in block.bindings
+                if isinstance(b.value, relax.Call) and b.value.op.name == "relax.concat")
+
+
 def test_gradients_match_finite_differences():
     _register_missing_gradients()
     mod = small_classifier()  # float64, through the LRN, slices and concat
     weights, emit = lift_weights(mod["main"], set())
-    training = _training_module(mod["main"], weights, emit, temperature=3.0, feature_weight=0.5, feature_scale=2.0)
-    grad_mod = relax.transform.Gradient("loss", require_grads=list(training["loss"].params[3:]))(training)
+    features = classifier_input(mod["main"]).name
+    # The logits, the classifier's input and a module boundary (the concat), each weighted.
+    training = _training_module(mod["main"], weights, emit, temperature=3.0, points=[(features, 0.25), (concat_name(mod), 0.1)],
+                                logit_weight=0.5)
+    grad_mod = relax.transform.Gradient("loss", require_grads=list(training["loss"].params[4:]))(training)
     vm = relax.VirtualMachine(tvm.compile(grad_mod, target=tvm.target.Target("llvm")), tvm.cpu())
     r = np.random.default_rng(1)
     x = r.standard_normal((1, 2, 6, 6))
     targets = softmax(r.standard_normal((1, 4)), 3.0)
     target_features = r.standard_normal((1, 6))
+    target_boundary = r.standard_normal((1, 6, 6, 6))
     values = [w.copy() for w, _ in weights]
 
     def tensors(vals):
@@ -66,14 +75,15 @@ def test_gradients_match_finite_differences():
 
     def loss(vals):
         return float(vm["loss"](tvm.runtime.tensor(x), tvm.runtime.tensor(targets), tvm.runtime.tensor(target_features),
-                                *tensors(vals)).numpy())
+                                tvm.runtime.tensor(target_boundary), *tensors(vals)).numpy())
 
-    # The objective itself, against numpy: T² × soft cross-entropy + 0.5 × ‖f − f_t‖² / 2.
-    logits, features = (o.numpy() for o in vm["logits"](tvm.runtime.tensor(x), *tensors(values)))
-    expected = -9.0 * np.sum(targets * np.log(softmax(logits, 3.0))) + 0.5 * feature_loss(features, target_features, 2.0)
+    # The objective itself, against numpy: 0.5 × T² × soft cross-entropy + 0.25 × ‖f − f_t‖² + 0.1 × ‖m − m_t‖².
+    logits, out_features, boundary = (o.numpy() for o in vm["logits"](tvm.runtime.tensor(x), *tensors(values)))
+    expected = (-0.5 * 9.0 * np.sum(targets * np.log(softmax(logits, 3.0))) + 0.25 * feature_loss(out_features, target_features, 1.0)
+                + 0.1 * feature_loss(boundary, target_boundary, 1.0))
     assert loss(values) == pytest.approx(expected, rel=1e-10)
     _, adjoints = vm["loss_adjoint"](tvm.runtime.tensor(x), tvm.runtime.tensor(targets), tvm.runtime.tensor(target_features),
-                                     *tensors(values))
+                                     tvm.runtime.tensor(target_boundary), *tensors(values))
     for k, adjoint in enumerate(adjoints):
         flat = values[k].reshape(-1)
         for index in r.choice(flat.size, size=min(3, flat.size), replace=False):
@@ -94,7 +104,7 @@ def test_distillation_brings_a_damaged_student_back_towards_the_teacher_without_
 
     teacher = teacher_of(teacher_mod)
     options = DistillOptions(epochs=6, batch=8, lr=3e-3, seed=0, feature_weight=0.0)  # the logits alone
-    out, summary = distill(student_mod, teacher, train, held, {damaged}, options)
+    out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
     before, after = summary["before"]["objective"], summary["after"]["objective"]
     assert after < 0.7 * before, summary["history"]
     # Measured again from the returned module, on the held-out inputs: closer to the teacher
@@ -112,7 +122,7 @@ def test_a_distillation_that_diverges_keeps_the_weights_it_started_from():
     student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.05, seed=3)
     r = np.random.default_rng(5)
     train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
-    out, summary = distill(student_mod, teacher_of(teacher_mod), train, held, {damaged},
+    out, summary = distill(student_mod, teacher_mod, train, held, {damaged},
                            DistillOptions(epochs=2, batch=4, lr=50.0, rest_scale=1.0, patience=1))
     assert summary["best_epoch"] == 0 and summary["after"] == {k: summary["before"][k] for k in ("objective", "agreement")}
     np.testing.assert_allclose(run_main(out, held), run_main(student_mod, held), rtol=1e-6)
@@ -129,11 +139,59 @@ def test_the_feature_term_pulls_the_features_to_the_teachers_too():
     _, before = teacher_of(student_mod)(held)
     distance = {}
     for weight in (0.0, 5.0):
-        out, summary = distill(student_mod, teacher, train, held, {damaged},
+        out, summary = distill(student_mod, teacher_mod, train, held, {damaged},
                                DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=weight))
         distance[weight] = feature_loss(teacher_of(out)(held)[1], teacher_features, scale)
         assert summary["after"]["objective"] < summary["before"]["objective"]
     assert distance[5.0] < min(distance[0.0], feature_loss(before, teacher_features, scale)), distance
+
+
+def test_module_boundaries_are_the_shared_concats_and_relearned_outputs():
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
+    # The concat (an inception-style module's output) and the relearned conv's own output;
+    # not the ReLU or the pool between them, nor the classifier's flat input (rank 2).
+    assert module_boundaries(student_mod["main"], teacher_mod["main"], {damaged}) == [damaged, concat_name(teacher_mod)]
+    assert module_boundaries(student_mod["main"], teacher_mod["main"], set()) == [concat_name(teacher_mod)]
+
+
+def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
+    # Module reconstruction: each module's output matched with the student's own inputs from
+    # below. With only the module term, the boundary gets closer than with the logits alone.
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
+    r = np.random.default_rng(4)
+    train, held = r.standard_normal((48, 2, 6, 6)).astype(np.float32), r.standard_normal((24, 2, 6, 6)).astype(np.float32)
+    boundary = concat_name(teacher_mod)
+
+    def boundary_of(mod):
+        vm = relax.VirtualMachine(tvm.compile(tapped(mod, [boundary]), target=tvm.target.Target("llvm")), tvm.cpu())
+        return np.concatenate([vm["main"](tvm.runtime.tensor(held[i:i + 1]))[1].numpy() for i in range(len(held))])
+
+    target = boundary_of(teacher_mod)
+    distance = {"before": feature_loss(boundary_of(student_mod), target, 1.0)}
+    for name, options in {"logits": DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=0.0),
+                          "modules": DistillOptions(epochs=6, batch=8, lr=3e-3, logit_weight=0.0, feature_weight=0.0,
+                                                    module_weight=1.0)}.items():
+        out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
+        assert summary["after"]["objective"] < summary["before"]["objective"]
+        distance[name] = feature_loss(boundary_of(out), target, 1.0)
+    assert summary["module_boundaries"] == [damaged, boundary]
+    assert distance["modules"] < min(distance["logits"], distance["before"]), distance
+
+
+def test_distillation_with_the_projects_kernels_matches_the_plain_build():
+    from rebirth_tvm.backend.build import compile_for_host
+
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
+    r = np.random.default_rng(4)
+    train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
+    options = DistillOptions(epochs=2, batch=4, lr=3e-3, augment=False, module_weight=1.0)
+    _, plain = distill(student_mod, teacher_mod, train, held, {damaged}, options)
+    _, ours = distill(student_mod, teacher_mod, train, held, {damaged}, options, compiler=compile_for_host)
+    for a, b in zip(plain["history"], ours["history"]):
+        assert a["objective"] == pytest.approx(b["objective"], rel=1e-3)
 
 
 def test_augmentation_flips_and_shifts_but_keeps_the_shape():
@@ -150,6 +208,8 @@ def test_augmentation_flips_and_shifts_but_keeps_the_shape():
     (dict(lr=-1), "lr must be above 0"),
     (dict(patience=0), "patience must be 1 or more"),
     (dict(feature_weight=-1), "feature_weight must be 0 or more"),
+    (dict(module_weight=-0.5), "module_weight must be 0 or more"),
+    (dict(logit_weight=0, feature_weight=0), "needs something to match"),
 ])
 def test_bad_options_are_one_line_errors(kwargs, message):
     with pytest.raises(RebirthError, match=message):
@@ -159,10 +219,7 @@ def test_bad_options_are_one_line_errors(kwargs, message):
 def test_distillation_refuses_too_few_inputs():
     mod = small_classifier(dtype="float32")
     with pytest.raises(RebirthError, match="at least 1 training and held-out"):
-        distill(mod, lambda images: images, np.zeros((0, 2, 6, 6), np.float32), np.zeros((2, 2, 6, 6), np.float32), set())
-    with pytest.raises(RebirthError, match="the teacher gives no features"):
-        distill(mod, lambda images: np.zeros((len(images), 4), np.float32), np.zeros((4, 2, 6, 6), np.float32),
-                np.zeros((2, 2, 6, 6), np.float32), set())
+        distill(mod, mod, np.zeros((0, 2, 6, 6), np.float32), np.zeros((2, 2, 6, 6), np.float32), set())
 
 
 @pytest.mark.parametrize("args, message", [
@@ -204,4 +261,4 @@ def test_a_model_without_class_logits_is_refused_in_one_line():
         bb.emit_func_output(out)
     images = np.zeros((4, 2, 6, 6), np.float32)
     with pytest.raises(RebirthError, match=r"distillation matches class logits; this model's output is \(1, 3, 6, 6\)"):
-        distill(bb.get(), lambda i: i, images, images, set())
+        distill(bb.get(), bb.get(), images, images, set())

@@ -317,3 +317,32 @@ def test_the_network_block_is_the_widest_its_convs_divide():
     assert network_block(rebirth_tvm.load(inverted_residual_model(channels=32)), 16) == 16
     assert network_block(rebirth_tvm.load(conv_model(3, 64, 15, 7)), 16) == 16  # a 3-channel input does not count
     assert network_block(rebirth_tvm.load(conv_model(24, 20, 9, 3)), 8) == 4
+
+
+def test_a_training_gradient_compiles_with_the_kernels_and_matches_the_plain_build():
+    # Distillation compiles its gradient module with these kernels. The ReLU's and max pool's
+    # gradients are boolean masks, which the blocked layout reaches; TVM pads them with a float
+    # zero unless the layout transform is legalized for bool (it then fails to build).
+    from tvm import relax
+
+    from rebirth_tvm.backend.build import compile_for_host
+    from rebirth_tvm.relearn.finetune import _register_missing_gradients
+
+    _register_missing_gradients()
+    r = np.random.default_rng(0)
+    x = relax.Var("x", relax.TensorType((1, 8, 10, 10), "float32"))
+    w = relax.Var("w", relax.TensorType((16, 8, 3, 3), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("loss", [x, w]):
+        with bb.dataflow():
+            act = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, w, padding=[1, 1])))
+            pooled = bb.emit(relax.op.nn.max_pool2d(act, pool_size=[3, 3], strides=[2, 2], padding=[1, 1]))
+            loss = bb.emit_output(relax.op.sum(relax.op.multiply(pooled, pooled)))
+        bb.emit_func_output(loss)
+    grad = relax.transform.Gradient("loss", require_grads=[w])(bb.get())
+    args = [tvm.runtime.tensor(r.standard_normal((1, 8, 10, 10)).astype("float32")),
+            tvm.runtime.tensor(r.standard_normal((16, 8, 3, 3)).astype("float32"))]
+    plain = relax.VirtualMachine(tvm.compile(grad, target=tvm.target.Target("llvm")), tvm.cpu())["loss_adjoint"](*args)
+    ours = relax.VirtualMachine(compile_for_host(grad), tvm.cpu())["loss_adjoint"](*args)
+    np.testing.assert_allclose(ours[0].numpy(), plain[0].numpy(), rtol=1e-4)
+    np.testing.assert_allclose(ours[1][0].numpy(), plain[1][0].numpy(), rtol=1e-4, atol=1e-3)

@@ -103,6 +103,12 @@ def build_tuned(mod: tvm.IRModule, target: Target, trials: int, database_dir: st
     return built, info
 
 
+def compile_for_host(mod: tvm.IRModule):
+    """An executable of ``mod`` (any functions, e.g. a training module's) for this machine's CPU,
+    with the project's kernels: what relearning runs on the host."""
+    return _compile(mod, resolve_target("x86"), KernelCounts())
+
+
 def _compile(mod, target: Target, counts: KernelCounts):
     with target.tvm:
         if target.is_cpu:

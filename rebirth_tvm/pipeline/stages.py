@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tvm
 
-from rebirth_tvm.backend.build import BuiltModel, build, build_tuned, host_build_for
+from rebirth_tvm.backend.build import BuiltModel, build, build_tuned, compile_for_host, host_build_for
 from rebirth_tvm.core.compare import logit_agreement, output_difference
 from rebirth_tvm.core.errors import CheckFailed, RebirthError
 from rebirth_tvm.core.tolerance import describe as describe_tolerance
@@ -259,8 +259,8 @@ def _relearn(job: Job, module, sibling_merge: bool):
             options_ = rebirth.distill
             if classifier_input(reference["main"]) is None and options_.feature_weight:
                 options_ = dataclasses.replace(options_, feature_weight=0.0)  # no classifier: logits only
-            module, distilled = distill(module, _teacher(reference), train, job.calibration.held_out, regenerated,
-                                        options_, log=_log)
+            module, distilled = distill(module, reference, train, job.calibration.held_out, regenerated,
+                                        options_, log=_log, compiler=compile_for_host)
         relearn_seconds = time.perf_counter() - start
         if rebirth.finetune is not None:
             from rebirth_tvm.relearn.finetune import finetune
@@ -328,25 +328,6 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
     kept, put_back = order[:best], order[best:]
     selection.update({"kept": kept, "put_back": put_back, "site_cost_points": cost})
     return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(rebirth, sites=exact + kept))), selection
-
-
-def _teacher(reference: tvm.IRModule):
-    """The original network (``reference``: before any relearned rewrite) as ``images →
-    (logits, the classifier's input features)``, built for this machine; what distillation
-    learns from."""
-    from rebirth_tvm.relearn.distill import classifier_input, with_features
-
-    has_features = classifier_input(reference["main"]) is not None
-    built = build(with_features(reference) if has_features else reference, "x86")
-    batch = int(reference["main"].params[0].ty.shape[0])
-
-    def run(images: np.ndarray):
-        outs = [built.run(images[i:i + batch]) for i in range(0, len(images) - batch + 1, batch)]
-        if not has_features:
-            return np.concatenate(outs)
-        return np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])
-
-    return run
 
 
 def _log(message: str) -> None:

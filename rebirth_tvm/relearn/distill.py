@@ -47,7 +47,9 @@ class DistillOptions:
     lr: float = 1e-3
     rest_scale: float = 0.1
     temperature: float = 4.0
+    logit_weight: float = 1.0
     feature_weight: float = 1.0
+    module_weight: float = 0.0
     augment: bool = True
     patience: int = 3
     seed: int = 0
@@ -61,8 +63,11 @@ class DistillOptions:
             raise RebirthError(f"distillation rates: lr must be above 0 and rest_scale in [0, 1], got {self.lr}, {self.rest_scale}")
         if not self.temperature > 0:
             raise RebirthError(f"distillation temperature must be above 0, got {self.temperature}")
-        if not self.feature_weight >= 0:
-            raise RebirthError(f"distillation feature_weight must be 0 or more, got {self.feature_weight}")
+        for name in ("logit_weight", "feature_weight", "module_weight"):
+            if not getattr(self, name) >= 0:
+                raise RebirthError(f"distillation {name} must be 0 or more, got {getattr(self, name)}")
+        if not (self.logit_weight or self.feature_weight or self.module_weight):
+            raise RebirthError("distillation needs something to match: logit_weight, feature_weight and module_weight are all 0")
         if self.patience < 1:
             raise RebirthError(f"distillation patience must be 1 or more, got {self.patience}")
 
@@ -99,23 +104,60 @@ def classifier_input(func: relax.Function) -> relax.Var | None:
     return None
 
 
-def with_features(mod: tvm.IRModule) -> tvm.IRModule:
-    """``mod`` whose ``main`` returns ``(logits, the classifier's input features)``: the teacher
-    side of the feature term. A model without a final matmul is refused (one line)."""
+def _bound(func: relax.Function) -> dict[str, relax.Binding]:
+    return {b.var.name: b for block in func.body.blocks for b in block.bindings}
+
+
+def module_boundaries(student: relax.Function, teacher: relax.Function, regenerated: set[str]) -> list[str]:
+    """The points where the reborn network and the original compute the same thing, so their
+    values can be compared: variables of both ``main``s, with one name and one shape, that
+    are feature maps (rank 4 or more) and either an inception module's output (a concat in the
+    original) or a relearned site's output that kept the original's name. Rewrites keep the
+    names of what they do not replace, so these are the outputs of the blocks between merges."""
+    ours, theirs = _bound(student), _bound(teacher)
+    points = []
+    for name, binding in ours.items():
+        original = theirs.get(name)
+        if original is None or not isinstance(binding.var.ty, relax.TensorType) or binding.var.ty.shape is None:
+            continue
+        shape = [int(d) for d in binding.var.ty.shape]
+        if len(shape) < 4 or original.var.ty.shape is None or [int(d) for d in original.var.ty.shape] != shape:
+            continue
+        value = original.value
+        is_concat = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.concat"
+        if is_concat or name in regenerated:
+            points.append(name)
+    return points
+
+
+def tapped(mod: tvm.IRModule, points: list[str]) -> tvm.IRModule:
+    """``mod`` whose ``main`` returns ``(logits, *the values of points)`` (names of ``main``'s
+    variables): the teacher side of the feature terms."""
     func = mod["main"]
-    feature = classifier_input(func)
-    if feature is None:
-        raise RebirthError("distillation: the model has no final matmul (classifier) whose input features could be matched; "
-                           "use feature_weight 0")
+    bound = _bound(func)
+    missing = [p for p in points if p not in bound]
+    if missing:
+        raise RebirthError(f"distillation: the model has no value named {missing[0]!r} to match")
     weights, emit = lift_weights(func, set())
     data = relax.Var(func.params[0].name, func.params[0].ty)
     bb = relax.BlockBuilder()
     with bb.function("main", [data]):
         with bb.dataflow():
-            logits, features = emit(bb, data, [relax.const(w, str(w.dtype)) for w, _ in weights], capture=feature)
-            out = bb.emit_output(relax.Tuple([logits, features]))
+            logits, values = emit(bb, data, [relax.const(w, str(w.dtype)) for w, _ in weights],
+                                  capture=[bound[p].var for p in points])
+            out = bb.emit_output(relax.Tuple([logits, *values]))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def with_features(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` whose ``main`` returns ``(logits, the classifier's input features)``. A model
+    without a final matmul is refused (one line)."""
+    feature = classifier_input(mod["main"])
+    if feature is None:
+        raise RebirthError("distillation: the model has no final matmul (classifier) whose input features could be matched; "
+                           "use feature_weight 0")
+    return tapped(mod, [feature.name])
 
 
 def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -135,49 +177,42 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return out
 
 
-def _training_module(func: relax.Function, weights, emit, temperature: float, feature_weight: float = 0.0,
-                     feature_scale: float = 1.0) -> tvm.IRModule:
-    """``loss(data, soft_targets, target_features, *weights)`` (``T²`` × soft cross-entropy at
-    ``T``, plus ``feature_weight`` × the features' squared error / ``feature_scale``) and
-    ``logits(data, *weights)`` → ``(logits, features)``."""
-    feature = classifier_input(func)
-    if feature is None and feature_weight:
-        raise RebirthError("distillation: the model has no final matmul (classifier) whose input features could be matched")
+def _training_module(func: relax.Function, weights, emit, temperature: float, points: list[tuple[str, float]] = (),
+                     logit_weight: float = 1.0) -> tvm.IRModule:
+    """``loss(data, soft_targets, *point_targets, *weights)``: ``logit_weight`` × ``T²`` × the
+    soft cross-entropy at ``T``, plus, for each ``(name, weight)`` of ``points``, ``weight`` ×
+    the squared error of ``main``'s value ``name`` against its target; and
+    ``logits(data, *weights)`` → ``(logits, *the points' values)``."""
     dtype = str(weights[0][0].dtype)
     batch = int(func.params[0].ty.shape[0])
     classes = int(func.body.body.ty.shape[-1])
-    feature_ty = feature.ty if feature is not None else relax.TensorType((batch, 1), dtype)
+    bound = _bound(func)
+    point_vars = [bound[name].var for name, _ in points]
     bb = relax.BlockBuilder()
-
-    def outputs(data, weight_vars):
-        if feature is None:
-            logits = emit(bb, data, weight_vars)
-            return logits, bb.emit(relax.op.zeros(feature_ty.shape, dtype))
-        return emit(bb, data, weight_vars, capture=feature)
 
     data = relax.Var("data", func.params[0].ty)
     targets = relax.Var("soft_targets", relax.TensorType((batch, classes), dtype))
-    target_features = relax.Var("target_features", relax.TensorType(feature_ty.shape, dtype))
+    point_targets = [relax.Var(f"target_{k}", v.ty) for k, v in enumerate(point_vars)]
     weight_vars = _weight_vars(weights)
-    with bb.function("loss", [data, targets, target_features, *weight_vars]):
+    with bb.function("loss", [data, targets, *point_targets, *weight_vars]):
         with bb.dataflow():
-            logits, features = outputs(data, weight_vars)
+            logits, values = emit(bb, data, weight_vars, capture=point_vars)
             scaled = bb.emit(relax.op.divide(logits, relax.const(temperature, dtype)))
             log_q = bb.emit(relax.op.nn.log_softmax(scaled, axis=-1))
             cross = bb.emit(relax.op.negative(relax.op.sum(relax.op.multiply(log_q, targets))))
-            loss = bb.emit(relax.op.multiply(cross, relax.const(temperature ** 2, dtype)))
-            if feature_weight:
-                diff = bb.emit(relax.op.subtract(features, target_features))
+            loss = bb.emit(relax.op.multiply(cross, relax.const(logit_weight * temperature ** 2, dtype)))
+            for (_, weight), value, target in zip(points, values, point_targets):
+                diff = bb.emit(relax.op.subtract(value, target))
                 squared = bb.emit(relax.op.sum(relax.op.multiply(diff, diff)))
-                loss = bb.emit(relax.op.add(loss, relax.op.multiply(squared, relax.const(feature_weight / feature_scale, dtype))))
+                loss = bb.emit(relax.op.add(loss, relax.op.multiply(squared, relax.const(weight, dtype))))
             loss = bb.emit_output(loss)
         bb.emit_func_output(loss)
     data2 = relax.Var("data", func.params[0].ty)
     weight_vars2 = _weight_vars(weights)
     with bb.function("logits", [data2, *weight_vars2]):
         with bb.dataflow():
-            logits, features = outputs(data2, weight_vars2)
-            out = bb.emit_output(relax.Tuple([logits, features]))
+            logits, values = emit(bb, data2, weight_vars2, capture=point_vars)
+            out = bb.emit_output(relax.Tuple([logits, *values]))
         bb.emit_func_output(out)
     return bb.get()
 
@@ -213,17 +248,24 @@ class _Adam:
             values[k] -= (scale * self.rates[k] * m_hat / (np.sqrt(v_hat) + self.eps)).astype(values[k].dtype)
 
 
-def distill(mod: tvm.IRModule, teacher: Callable, train: np.ndarray, held_out: np.ndarray,
-            regenerated: set[str], options: DistillOptions = DistillOptions(), log=None) -> tuple[tvm.IRModule, dict]:
-    """Distil ``teacher`` into ``mod`` on unlabelled ``train`` images, stopping early on
-    ``held_out`` (module docstring); returns the new module and a summary.
+def _compile_on_cpu(mod: tvm.IRModule):
+    return tvm.compile(mod, target=tvm.target.Target("llvm"))
 
-    ``teacher(images)`` gives the original network's logits, or ``(logits, features)`` with the
-    classifier's input features (:func:`with_features`), which the feature term needs.
+
+def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_out: np.ndarray,
+            regenerated: set[str], options: DistillOptions = DistillOptions(), log=None,
+            compiler: Callable[[tvm.IRModule], object] | None = None) -> tuple[tvm.IRModule, dict]:
+    """Distil ``teacher`` (the original network, a Relax module) into ``mod`` on unlabelled
+    ``train`` images, stopping early on ``held_out`` (module docstring); returns the new module
+    and a summary.
+
+    ``compiler`` builds the training and teacher modules for this machine (default: TVM's plain
+    CPU pipeline; the pipeline passes the project's scheduled kernels, several times faster).
     """
     from tqdm import tqdm
 
     _register_missing_gradients()
+    compiler = compiler or _compile_on_cpu
     func = mod["main"]
     model_batch = int(func.params[0].ty.shape[0])
     output_shape = getattr(func.body.body.ty, "shape", None)
@@ -235,48 +277,60 @@ def distill(mod: tvm.IRModule, teacher: Callable, train: np.ndarray, held_out: n
     start = time.perf_counter()
     train = train[: len(train) // model_batch * model_batch]
     held = held_out[: len(held_out) // model_batch * model_batch]
-
-    def teach(images):
-        out = teacher(images)
-        logits, features = (out if isinstance(out, tuple) else (out, None))
-        if features is None and options.feature_weight:
-            raise RebirthError("distillation: the teacher gives no features for the feature term (see with_features)")
-        return logits, features
-
     dtype = str(func.params[0].ty.dtype)
-    _, train_features = teach(train)
-    feature_scale = float(np.mean(np.sum(train_features.reshape(len(train), -1).astype(np.float64) ** 2, -1))) \
-        if options.feature_weight else 1.0
-    feature_scale = max(feature_scale, 1e-30)
+
+    # What is matched: the logits, the classifier's input, the module boundaries.
+    feature = classifier_input(func)
+    if options.feature_weight and feature is None:
+        raise RebirthError("distillation: the model has no final matmul (classifier) whose input features could be matched; "
+                           "use feature_weight 0")
+    names = [feature.name] if options.feature_weight else []
+    boundaries = [p for p in module_boundaries(func, teacher["main"], regenerated) if p not in names] \
+        if options.module_weight else []
+    names += boundaries
+    teacher_vm = relax.VirtualMachine(compiler(tapped(teacher, names)), tvm.cpu())
+
+    def teach(images) -> list[np.ndarray]:
+        outs = [teacher_vm["main"](tvm.runtime.tensor(images[i:i + model_batch].astype(dtype)))
+                for i in range(0, len(images), model_batch)]
+        return [np.concatenate([o[k].numpy() for o in outs]) for k in range(1 + len(names))]
+
+    teacher_held = teach(held)
+    # Each point's squared error relative to the teacher's mean squared norm there, so a weight
+    # means the same on every network; the module term is a mean over its boundaries.
+    scales = [max(float(np.mean(np.sum(t.reshape(len(t), -1).astype(np.float64) ** 2, -1))), 1e-30) for t in teacher_held[1:]]
+    point_weights = [(options.feature_weight if name not in boundaries else options.module_weight / len(boundaries)) / scale
+                     for name, scale in zip(names, scales)]
+    points = list(zip(names, point_weights))
+
     fast = regenerated | _classifier_bindings(func)
     weights, emit = lift_weights(func, fast)
     rates = [options.lr if regen else options.lr * options.rest_scale for _, regen in weights]
     trainable = [k for k, rate in enumerate(rates) if rate > 0]
-    training = _training_module(func, weights, emit, options.temperature, options.feature_weight, feature_scale)
+    training = _training_module(func, weights, emit, options.temperature, points, options.logit_weight)
     params = training["loss"].params
+    first_weight = 2 + len(points)
     try:
-        grad_mod = relax.transform.Gradient("loss", require_grads=[params[3 + k] for k in trainable])(training)
+        grad_mod = relax.transform.Gradient("loss", require_grads=[params[first_weight + k] for k in trainable])(training)
     except Exception as err:  # TVM raises plain errors from C++ for an op without a gradient
         raise RebirthError(f"distillation: TVM cannot differentiate this model: {str(err).strip().splitlines()[-1]}") from None
-    vm = relax.VirtualMachine(tvm.compile(grad_mod, target=tvm.target.Target("llvm")), tvm.cpu())
-    feature_shape = tuple(int(d) for d in params[2].ty.shape)
+    vm = relax.VirtualMachine(compiler(grad_mod), tvm.cpu())
 
-    def student(values_nd, images):
-        logits, features = [], []
-        for i in range(0, len(images), model_batch):
-            out = vm["logits"](tvm.runtime.tensor(images[i:i + model_batch].astype(dtype)), *values_nd)
-            logits.append(out[0].numpy())
-            features.append(out[1].numpy())
-        return np.concatenate(logits), np.concatenate(features)
+    def student(values_nd, images) -> list[np.ndarray]:
+        outs = [vm["logits"](tvm.runtime.tensor(images[i:i + model_batch].astype(dtype)), *values_nd)
+                for i in range(0, len(images), model_batch)]
+        return [np.concatenate([o[k].numpy() for o in outs]) for k in range(1 + len(points))]
 
-    teacher_held, teacher_held_features = teach(held)
+    def objective(outputs, targets) -> float:
+        total = options.logit_weight * distillation_loss(outputs[0], targets[0], options.temperature)
+        for (_, weight), out, target in zip(points, outputs[1:], targets[1:]):
+            total += weight * feature_loss(out, target, 1.0)
+        return total
 
     def evaluate(values_nd) -> dict:
-        logits, features = student(values_nd, held)
-        objective = distillation_loss(logits, teacher_held, options.temperature)
-        if options.feature_weight:
-            objective += options.feature_weight * feature_loss(features, teacher_held_features, feature_scale)
-        return {"objective": objective, "agreement": float(np.mean(np.argmax(logits, -1) == np.argmax(teacher_held, -1)))}
+        outputs = student(values_nd, held)
+        return {"objective": objective(outputs, teacher_held),
+                "agreement": float(np.mean(np.argmax(outputs[0], -1) == np.argmax(teacher_held[0], -1)))}
 
     values = [value.copy() for value, _ in weights]
 
@@ -287,33 +341,34 @@ def distill(mod: tvm.IRModule, teacher: Callable, train: np.ndarray, held_out: n
     best_values = [v.copy() for v in values]
     history = [dict(best)]
     if log:
-        log(f"distillation: before, held-out objective {best['objective']:.4f}, agreement {best['agreement']:.1%}")
+        log(f"distillation: before, held-out objective {best['objective']:.4f}, agreement {best['agreement']:.1%}"
+            + (f"; matching {len(boundaries)} module boundaries" if options.module_weight else ""))
     optimiser = _Adam(values, rates)
     rng = np.random.default_rng(options.seed)
     samples_per_step = max(options.batch // model_batch, 1)
     steps_per_epoch = max(1, (len(train) // model_batch) // samples_per_step)
     total_steps, step, stale = options.epochs * steps_per_epoch, 0, 0
-    zero_features = np.zeros(feature_shape, dtype)
     for epoch in range(1, options.epochs + 1):
         images = augment(train, rng) if options.augment else train
-        logits, features = teach(images)
-        targets = softmax(logits, options.temperature).astype(dtype)
         order = rng.permutation(len(images) // model_batch)
         bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch}/{options.epochs}", disable=None, leave=False)
         for s in bar:
             current = as_tensors(values)
             grads = [np.zeros_like(values[k]) for k in trainable]
-            chunk = order[s * samples_per_step:(s + 1) * samples_per_step]
+            rows = np.concatenate([np.arange(r * model_batch, (r + 1) * model_batch)
+                                   for r in order[s * samples_per_step:(s + 1) * samples_per_step]])
+            chunk = images[rows]
+            targets = teach(chunk)  # per step: the module boundaries of a whole epoch would not fit in memory
+            soft = softmax(targets[0], options.temperature).astype(dtype)
             step_loss = 0.0
-            for row in chunk:
-                rows = slice(row * model_batch, (row + 1) * model_batch)
-                target_features = features[rows].astype(dtype) if features is not None else zero_features
-                loss, adjoints = vm["loss_adjoint"](tvm.runtime.tensor(images[rows]), tvm.runtime.tensor(targets[rows]),
-                                                    tvm.runtime.tensor(target_features), *current)
+            for i in range(0, len(chunk), model_batch):
+                sample = slice(i, i + model_batch)
+                loss, adjoints = vm["loss_adjoint"](tvm.runtime.tensor(chunk[sample]), tvm.runtime.tensor(soft[sample]),
+                                                    *(tvm.runtime.tensor(t[sample].astype(dtype)) for t in targets[1:]), *current)
                 step_loss += float(loss.numpy())
                 for g, adjoint in zip(grads, adjoints):
                     g += adjoint.numpy()
-            samples = max(1, len(chunk) * model_batch)
+            samples = max(1, len(chunk))
             full = [np.zeros_like(v) for v in values]
             for k, g in zip(trainable, grads):
                 full[k] = g / samples
@@ -333,7 +388,9 @@ def distill(mod: tvm.IRModule, teacher: Callable, train: np.ndarray, held_out: n
     functions = {gv: (_rebuilt_main(func, best_values, emit) if gv.name_hint == "main" else f) for gv, f in mod.functions.items()}
     summary = {"images": len(train), "held_out": len(held), "epochs_run": len(history) - 1, "best_epoch": best["epoch"],
                "before": history[0], "after": {k: best[k] for k in ("objective", "agreement")}, "history": history,
-               "temperature": options.temperature, "feature_weight": options.feature_weight, "lr": options.lr,
+               "temperature": options.temperature, "logit_weight": options.logit_weight,
+               "feature_weight": options.feature_weight, "module_weight": options.module_weight,
+               "module_boundaries": boundaries, "lr": options.lr,
                "rest_scale": options.rest_scale, "augment": options.augment, "fast_tensors": sum(1 for _, r in weights if r),
                "other_tensors": sum(1 for _, r in weights if not r), "seconds": round(time.perf_counter() - start, 1)}
     return tvm.IRModule(functions, attrs=mod.attrs), summary

@@ -107,9 +107,9 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
     if not weights:
         raise RebirthError("fine-tuning: the model has no weight constants to train")
 
-    def emit(bb, data, weight_vars, capture: relax.Var | None = None):
+    def emit(bb, data, weight_vars, capture=None):
         """``main``'s bindings on ``data``; returns the output, or ``(output, what capture
-        became)`` when ``capture`` (a variable of ``main``) is given."""
+        became)`` when ``capture`` (a variable of ``main``, or a list of them) is given."""
         from rebirth_tvm.core.graph import substitute
 
         remap = {func.params[0]: data}
@@ -126,7 +126,9 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
                 value = rebuild(value)
             remap[binding.var] = bb.emit(value, name_hint=binding.var.name)
         out = rebuild(func.body.body)
-        return out if capture is None else (out, remap[capture])
+        if capture is None:
+            return out
+        return out, ([remap[v] for v in capture] if isinstance(capture, (list, tuple)) else remap[capture])
 
     return weights, emit
 

@@ -27,7 +27,7 @@ from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
 from rebirth_tvm.backend.kernels.depthwise import DepthwiseConv
 from rebirth_tvm.backend.kernels.layout import (block_remaining_convs, block_size, blocked_layout, legalize_conv2d,
-                                               network_block, split_grouped_convs)
+                                               legalize_layout_transform, network_block, split_grouped_convs)
 from rebirth_tvm.backend.kernels.lift import lift_clip_bounds
 from rebirth_tvm.backend.kernels.loops import ParallelLoops
 
@@ -96,7 +96,8 @@ def fused_kernels(target: tvm.target.Target, counts: KernelCounts | None = None)
                 blocked_layout(block),
                 block_remaining_convs(block),
                 relax.transform.Normalize(),
-                relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d}),
+                relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
+                                              "relax.layout_transform": legalize_layout_transform}),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),  # packs the weights into the blocked layout
                 relax.transform.FuseOps(),

@@ -354,3 +354,24 @@ def depthwise_conv2d_nchwc(data, weight, strides, padding, dilation, out_dtype):
             padded[n, c, y * stride_h + rh * dil_h, x * stride_w + rw * dil_w, b].astype(out_dtype)
             * weight[c, 0, rh, rw, 0, b].astype(out_dtype), axis=[rh, rw]),
         name=DEPTHWISE_BLOCK)
+
+
+def legalize_layout_transform(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+    """TVM's legalization, except that a boolean tensor pads with ``False``: TVM's fills every
+    non-integer tensor with a float zero, which the schedule refuses for a ``bool`` buffer. Bool
+    masks in the blocked layout come from gradients (a ReLU's or max pool's), which distillation
+    compiles with these kernels."""
+    from tvm import te
+    from tvm.relax.utils import gen_call_tir_inputs
+    from tvm.relax.transform.legalize_ops.manipulate import _layout_transform
+
+    if str(call.args[0].ty.dtype) != "bool" or call.attrs.pad_value is not None:
+        return _layout_transform(bb, call)
+    index_map = call.attrs.index_map
+    _, padding = index_map.non_surjective_inverse(call.args[0].ty.shape)
+    name = "te_layout_transform" if isinstance(padding, tvm.tirx.expr.IntImm) else "te_layout_transform_with_pad"
+    func, args, _ = gen_call_tir_inputs(lambda data, name: te.compute(data.shape, data, name=name), call.args[0], name)
+    sch = tvm.s_tir.Schedule(func)
+    sch.transform_layout(name, ("write", 0), index_map, tvm.tirx.const(False, "bool"))
+    return relax.call_tir(bb.add_func(sch.mod["main"], name), args,
+                          [relax.TensorType(index_map.map_shape(list(args[0].ty.shape)), "bool")])
