@@ -55,13 +55,15 @@ class Variant:
     finetune_lr: float = 0.01  # regenerated layers' rate (the rest: a tenth); 0.01 is the paper's
     distill: int = 0  # epochs of end-to-end distillation without labels (0: none)
     max_drop: float | None = None  # put back the sites that cost more than this (points of held-out agreement)
+    modules: bool = False  # distillation also matches every module boundary (module reconstruction)
 
     @property
     def name(self) -> str:
         lr = "" if self.finetune_lr == 0.01 else f"{self.finetune_lr:g}"
         return (f"{self.ablation}/{self.hook}/{self.calib_images}" + (f"+finetune{lr}" if self.finetune else "")
                 + (f"+tucker{self.tucker:g}" if self.tucker else "") + (f"+max{self.max_site_error:g}" if self.max_site_error else "") + ("+refit" if self.refit else "")
-                + (f"+distill{self.distill}" if self.distill else "") + (f"+drop{self.max_drop:g}" if self.max_drop is not None else ""))
+                + (f"+distill{self.distill}" if self.distill else "") + ("+modules" if self.modules else "")
+                + (f"+drop{self.max_drop:g}" if self.max_drop is not None else ""))
 
 
 def default_grid(hooks=("lstsq", "sgd"), counts=(100, 1000, 10000), finetune: bool = False, tucker: float | None = None) -> list[Variant]:
@@ -115,7 +117,7 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
     if variant.distill:
         from rebirth_tvm.relearn.distill import DistillOptions
 
-        distill = DistillOptions(epochs=variant.distill)
+        distill = DistillOptions(epochs=variant.distill, module_weight=1.0 if variant.modules else 0.0)
     hook = STUDY_HOOKS[variant.hook]() if variant.hook in STUDY_HOOKS else variant.hook
     options = RebirthOptions(calib=calib, hook=hook, branches=branches, streamline=streamline, finetune=finetune,
                              tucker=variant.tucker, max_site_error=variant.max_site_error, refit_classifier=variant.refit,
@@ -218,7 +220,8 @@ def _distilled(v: dict) -> str:
     summary = v.get("distill_summary")
     if not summary:
         return "no"
-    return f"{summary['epochs_run']} epochs (best {summary['best_epoch']})"
+    modules = f", {len(summary['module_boundaries'])} module boundaries" if summary.get("module_boundaries") else ""
+    return f"{summary['epochs_run']} epochs (best {summary['best_epoch']}){modules}"
 
 
 def frontier(points: list[tuple[float, float]]) -> list[int]:
@@ -367,16 +370,18 @@ def parse_variant(text: str) -> Variant:
         try:
             if key and extra != key:
                 numbers[key] = float(extra[len(key):])
-            elif extra not in ("finetune", "refit", "distill"):
+            elif extra not in ("finetune", "refit", "distill", "modules"):
                 valid = False
         except ValueError:
             valid = False
+    if "modules" in extras and not any(e.startswith("distill") for e in extras):
+        valid = False
     if not valid:
-        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS]][+dropPOINTS] "
+        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS][+modules]][+dropPOINTS] "
                            f"with ABLATION one of {', '.join(ABLATIONS)}")
     distill = int(numbers["distill"]) if "distill" in numbers else (10 if "distill" in extras else 0)
     return Variant(parts[0], parts[1], int(parts[2]), any(e.startswith("finetune") for e in extras), numbers.get("tucker"),
-                   numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01), distill, numbers.get("drop"))
+                   numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01), distill, numbers.get("drop"), "modules" in extras)
 
 
 if __name__ == "__main__":

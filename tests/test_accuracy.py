@@ -67,8 +67,12 @@ def test_experiment_grid_and_variant_names():
     assert parse_variant("both/lstsq-nohinge/1000+distill4") == Variant("both", "lstsq-nohinge", 1000, distill=4)
     assert parse_variant("both/lstsq/1000+distill4").name == "both/lstsq/1000+distill4"
     assert parse_variant("both/lstsq/1000+drop1+distill").name == "both/lstsq/1000+distill10+drop1"
+    assert parse_variant("both/lstsq/1000+distill20+modules") == Variant("both", "lstsq", 1000, distill=20, modules=True)
+    assert parse_variant("both/lstsq/1000+modules+distill20").name == "both/lstsq/1000+distill20+modules"
     with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):
         parse_variant("all/lstsq/10")
+    with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):
+        parse_variant("both/lstsq/1000+modules")  # module matching is part of distillation
 
 
 def test_results_render_as_table_and_png(tmp_path):

@@ -45,12 +45,14 @@ class DistillOptions:
     epochs: int = 10
     batch: int = 16
     lr: float = 1e-3
+    warmup: float = 0.0
     rest_scale: float = 0.1
     temperature: float = 4.0
     logit_weight: float = 1.0
     feature_weight: float = 1.0
     module_weight: float = 0.0
     augment: bool = True
+    mixup: float = 0.0
     patience: int = 3
     seed: int = 0
 
@@ -68,6 +70,10 @@ class DistillOptions:
                 raise RebirthError(f"distillation {name} must be 0 or more, got {getattr(self, name)}")
         if not (self.logit_weight or self.feature_weight or self.module_weight):
             raise RebirthError("distillation needs something to match: logit_weight, feature_weight and module_weight are all 0")
+        if not 0 <= self.mixup <= 1:
+            raise RebirthError(f"distillation mixup is a share of the images in [0, 1], got {self.mixup}")
+        if not 0 <= self.warmup < 1:
+            raise RebirthError(f"distillation warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.patience < 1:
             raise RebirthError(f"distillation patience must be 1 or more, got {self.patience}")
 
@@ -160,8 +166,10 @@ def with_features(mod: tvm.IRModule) -> tvm.IRModule:
     return tapped(mod, [feature.name])
 
 
-def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random horizontal flip and a shift of up to 1/12 of the side (zeros fill in), per image."""
+def augment(images: np.ndarray, rng: np.random.Generator, mixup: float = 0.0) -> np.ndarray:
+    """A random horizontal flip and a shift of up to 1/12 of the side (zeros fill in), per image;
+    with ``mixup``, that share of the images is then blended with another one (weight drawn
+    uniformly from [0, 0.5]): new inputs between the calibration images, which the teacher labels."""
     out = np.empty_like(images)
     height, width = images.shape[-2:]
     reach_y, reach_x = max(1, height // 12), max(1, width // 12)
@@ -174,6 +182,11 @@ def augment(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         xs, xd = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (slice(-dx, width), slice(0, width + dx))
         shifted[..., yd, xd] = image[..., ys, xs]
         out[i] = shifted
+    if mixup:
+        mixed = rng.random(len(out)) < mixup
+        partners = rng.permutation(len(out))
+        weight = (rng.random(len(out)) * 0.5).astype(out.dtype).reshape(-1, *[1] * (out.ndim - 1))
+        out = np.where(mixed.reshape(weight.shape), (1 - weight) * out + weight * out[partners], out)
     return out
 
 
@@ -246,6 +259,15 @@ class _Adam:
             m_hat = self.m[k] / (1 - self.beta1 ** self.t)
             v_hat = self.v[k] / (1 - self.beta2 ** self.t)
             values[k] -= (scale * self.rates[k] * m_hat / (np.sqrt(v_hat) + self.eps)).astype(values[k].dtype)
+
+
+def _schedule(step: int, total: int, warmup: float) -> float:
+    """The rate's scale at ``step`` of ``total``: a linear rise over the first ``warmup`` of
+    the steps (Adam's first steps are full-size whatever the gradient), then cosine decay."""
+    rise = warmup * total
+    if step < rise:
+        return (step + 1) / (rise + 1)
+    return 0.5 * (1 + np.cos(np.pi * (step - rise) / max(total - rise, 1)))
 
 
 def _compile_on_cpu(mod: tvm.IRModule):
@@ -349,7 +371,7 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
     steps_per_epoch = max(1, (len(train) // model_batch) // samples_per_step)
     total_steps, step, stale = options.epochs * steps_per_epoch, 0, 0
     for epoch in range(1, options.epochs + 1):
-        images = augment(train, rng) if options.augment else train
+        images = augment(train, rng, options.mixup) if options.augment else train
         order = rng.permutation(len(images) // model_batch)
         bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch}/{options.epochs}", disable=None, leave=False)
         for s in bar:
@@ -372,7 +394,7 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
             full = [np.zeros_like(v) for v in values]
             for k, g in zip(trainable, grads):
                 full[k] = g / samples
-            optimiser.step(values, full, 0.5 * (1 + np.cos(np.pi * step / total_steps)))  # cosine decay
+            optimiser.step(values, full, _schedule(step, total_steps, options.warmup))
             step += 1
             bar.set_postfix(loss=f"{step_loss / samples:.3f}")
         measured = {"epoch": epoch, **evaluate(as_tensors(values))}
@@ -391,6 +413,6 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
                "temperature": options.temperature, "logit_weight": options.logit_weight,
                "feature_weight": options.feature_weight, "module_weight": options.module_weight,
                "module_boundaries": boundaries, "lr": options.lr,
-               "rest_scale": options.rest_scale, "augment": options.augment, "fast_tensors": sum(1 for _, r in weights if r),
+               "rest_scale": options.rest_scale, "augment": options.augment, "mixup": options.mixup, "warmup": options.warmup, "fast_tensors": sum(1 for _, r in weights if r),
                "other_tensors": sum(1 for _, r in weights if not r), "seconds": round(time.perf_counter() - start, 1)}
     return tvm.IRModule(functions, attrs=mod.attrs), summary

@@ -27,7 +27,8 @@ from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
 from rebirth_tvm.backend.kernels.depthwise import DepthwiseConv
 from rebirth_tvm.backend.kernels.layout import (block_remaining_convs, block_size, blocked_layout, legalize_conv2d,
-                                               legalize_layout_transform, network_block, split_grouped_convs)
+                                               keep_slices_blocked, legalize_layout_transform, network_block,
+                                               split_grouped_convs)
 from rebirth_tvm.backend.kernels.lift import lift_clip_bounds
 from rebirth_tvm.backend.kernels.loops import ParallelLoops
 
@@ -95,6 +96,7 @@ def fused_kernels(target: tvm.target.Target, counts: KernelCounts | None = None)
             return tvm.transform.Sequential([
                 blocked_layout(block),
                 block_remaining_convs(block),
+                keep_slices_blocked(),
                 relax.transform.Normalize(),
                 relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
                                               "relax.layout_transform": legalize_layout_transform}),

@@ -375,3 +375,136 @@ def legalize_layout_transform(bb: relax.BlockBuilder, call: relax.Call) -> relax
     sch.transform_layout(name, ("write", 0), index_map, tvm.tirx.const(False, "bool"))
     return relax.call_tir(bb.add_func(sch.mod["main"], name), args,
                           [relax.TensorType(index_map.map_shape(list(args[0].ty.shape)), "bool")])
+
+
+def keep_slices_blocked() -> tvm.transform.Pass:
+    """Channel slices on block boundaries, and what follows them, stay in the blocked layout.
+
+    ``ConvertLayout`` does not carry a blocked layout through ``strided_slice``: a slice of a
+    blocked tensor's channels goes back to NCHW first, and everything after it (the ReLU, the
+    pool, the concat) runs in NCHW until the next conv transforms it back. The sibling merge
+    (:class:`~rebirth_tvm.passes.MergeParallelConvs`) puts such slices after every merged conv
+    of an inception module: two full-tensor transforms per branch. Here, after
+    ``ConvertLayout``, a slice whose bounds are multiples of the block reads the blocked tensor
+    directly (channel ``b·c`` is block ``b``), and ReLU, element-wise max/min with a scalar,
+    pooling, same-shape add/multiply and channel concat of such values are done blocked too;
+    a transform back to the same block then disappears. The NCHW values stay defined for any
+    other reader, and are removed where nothing reads them."""
+
+    @tvm.transform.module_pass(opt_level=0, name="KeepSlicesBlocked")
+    def transform(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+        return relax.transform.DeadCodeElimination()(rewrite_functions(mod, _KeepSlicesBlocked(mod)))
+
+    return transform
+
+
+def _layout_change(expr, mutator) -> tuple[str, object, int] | None:
+    """``("unblock", blocked value, c)`` when ``expr`` (a variable) is bound to a transform
+    ``NCHW{c}c`` → ``NCHW``, ``("block", plain value, c)`` for ``NCHW`` → ``NCHW{c}c``; else None."""
+    value = mutator.lookup_binding(expr) if isinstance(expr, relax.Var) else expr
+    if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op) or value.op.name != "relax.layout_transform" \
+            or value.attrs.pad_value is not None:
+        return None
+    source, result = static_shape(value.args[0]), static_shape(value)
+    if source is None or result is None:
+        return None
+    index_map = value.attrs.index_map
+    if len(source) == 5 and len(result) == 4 and result[1] == source[1] * source[4]:
+        kind, c, expected = "unblock", source[4], _unblock_map(f"NCHW{source[4]}c")
+    elif len(source) == 4 and len(result) == 5 and source[1] == result[1] * result[4]:
+        kind, c, expected = "block", result[4], _block_map(f"NCHW{result[4]}c")
+    else:
+        return None
+    if not _maps_like(index_map, expected, source):
+        return None
+    return kind, value.args[0], c
+
+
+def _maps_like(index_map, expected, shape: list[int]) -> bool:
+    """Whether ``index_map`` sends indices of ``shape`` where ``expected`` does (checked at the
+    corners and a few inner points: the maps compared are affine in each index)."""
+    from itertools import product
+
+    for point in set(product(*[{0, 1, d - 1} for d in shape])):
+        got = index_map.map_indices([tvm.tirx.IntImm("int64", i) for i in point])  # folded to constants
+        if not all(isinstance(g, tvm.tirx.IntImm) for g in got) or [int(g) for g in got] != list(expected(*point)):
+            return False
+    return True
+
+
+def _is_scalar_constant(expr) -> bool:
+    return isinstance(expr, tvm.ir.GenericConst) and int(np.prod(expr.value.shape)) == 1
+
+
+@relax.expr_functor.mutator
+class _KeepSlicesBlocked(relax.PyExprMutator):
+    UNARY = ("relax.nn.relu",)
+    WITH_SCALAR = ("relax.maximum", "relax.minimum")
+    SAME_SHAPE = ("relax.add", "relax.multiply")
+    POOLS = ("relax.nn.max_pool2d", "relax.nn.avg_pool2d")
+
+    def _blocked(self, expr) -> tuple[object, int] | None:
+        found = _layout_change(expr, self)
+        return (found[1], found[2]) if found is not None and found[0] == "unblock" else None
+
+    def _unblocked(self, blocked, c: int) -> relax.Expr:
+        return relax.op.layout_transform(self.builder_.emit(blocked), index_map=_unblock_map(f"NCHW{c}c"))
+
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if not isinstance(call.op, tvm.ir.Op):
+            return call
+        name, args = call.op.name, call.args
+        if name == "relax.layout_transform":
+            found = _layout_change(call, self)
+            if found is not None and found[0] == "block":
+                inner = self._blocked(found[1])
+                if inner is not None and inner[1] == found[2]:
+                    return inner[0]  # blocked → NCHW → the same blocks: the blocked value itself
+            return call
+        if name == "relax.strided_slice":
+            inner = self._blocked(args[0])
+            if inner is None:
+                return call
+            blocked, c = inner
+            axes, begin, end = ([int(v.value) for v in a] for a in args[1:4])
+            strides = [int(v.value) for v in args[4]] if len(args) > 4 else [1]
+            channels = static_shape(args[0])[1]
+            if axes != [1] or strides != [1] or begin[0] % c or min(end[0], channels) % c or begin[0] < 0 or end[0] < 0:
+                return call
+            return self._unblocked(relax.op.strided_slice(blocked, axes=[1], begin=[begin[0] // c],
+                                                          end=[min(end[0], channels) // c]), c)
+        if name in self.UNARY:
+            inner = self._blocked(args[0])
+            return self._unblocked(relax.Call(call.op, [inner[0]], call.attrs), inner[1]) if inner else call
+        if name in self.WITH_SCALAR:
+            inner = self._blocked(args[0])
+            if inner is not None and _is_scalar_constant(args[1]) and len(args[1].value.shape) == 0:
+                return self._unblocked(relax.Call(call.op, [inner[0], args[1]], call.attrs), inner[1])
+            return call
+        if name in self.SAME_SHAPE:
+            inner = [self._blocked(a) for a in args]
+            if all(inner) and inner[0][1] == inner[1][1] and static_shape(args[0]) == static_shape(args[1]) == static_shape(call):
+                return self._unblocked(relax.Call(call.op, [i[0] for i in inner], call.attrs), inner[0][1])
+            return call
+        if name in self.POOLS:
+            inner = self._blocked(args[0])
+            if inner is None or str(call.attrs.layout) != "NCHW" or str(call.attrs.out_layout) != "NCHW":
+                return call
+            blocked, c = inner
+            a = call.attrs
+            make = relax.op.nn.max_pool2d if name == "relax.nn.max_pool2d" else relax.op.nn.avg_pool2d
+            extra = {} if name == "relax.nn.max_pool2d" else {"count_include_pad": bool(a.count_include_pad)}
+            pooled = make(blocked, pool_size=[int(v) for v in a.pool_size], strides=[int(v) for v in a.strides],
+                          padding=[int(v) for v in a.padding], dilation=[int(v) for v in a.dilation], ceil_mode=bool(a.ceil_mode),
+                          layout=f"NCHW{c}c", out_layout=f"NCHW{c}c", **extra)
+            return self._unblocked(pooled, c)
+        if name == "relax.concat":
+            parts = args[0].fields if isinstance(args[0], relax.Tuple) else None
+            if parts is None or int(call.attrs.axis) not in (1, -3) or len(static_shape(call) or ()) != 4:
+                return call
+            inner = [self._blocked(p) for p in parts]
+            if not all(inner) or len({c for _, c in inner}) != 1:
+                return call
+            return self._unblocked(relax.op.concat([b for b, _ in inner], axis=1), inner[0][1])
+        return call
