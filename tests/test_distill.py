@@ -202,6 +202,25 @@ def test_augmentation_flips_and_shifts_but_keeps_the_shape():
     assert set(np.unique(out)) <= set(np.unique(images)) | {0.0}
 
 
+def test_mixup_blends_pairs_of_images_and_keeps_the_rest():
+    images = np.stack([np.full((1, 12, 12), v, np.float32) for v in (1.0, 2.0, 4.0, 8.0)])
+    none = augment(images, np.random.default_rng(0), mixup=0.0)
+    every = augment(images, np.random.default_rng(0), mixup=1.0)
+    # With no shift or flip in the way (constant images), a blend is a value between two inputs.
+    centre = every[:, 0, 6, 6]
+    assert set(none[:, 0, 6, 6]) <= {1.0, 2.0, 4.0, 8.0}
+    assert not set(centre) <= {1.0, 2.0, 4.0, 8.0} and 1.0 <= centre.min() and centre.max() <= 8.0
+
+
+def test_the_rate_warms_up_then_decays():
+    from rebirth_tvm.relearn.distill import _schedule
+
+    scales = [_schedule(step, 100, 0.1) for step in range(100)]
+    assert scales[0] < scales[5] < scales[9] <= 1.0 and max(scales) == pytest.approx(1.0, abs=0.01)
+    assert all(a >= b for a, b in zip(scales[10:], scales[11:])) and scales[-1] < 0.01
+    assert _schedule(0, 100, 0.0) == 1.0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(epochs=0), "--distill-epochs must be 1 or more"),
     (dict(temperature=0), "temperature must be above 0"),
@@ -210,6 +229,8 @@ def test_augmentation_flips_and_shifts_but_keeps_the_shape():
     (dict(feature_weight=-1), "feature_weight must be 0 or more"),
     (dict(module_weight=-0.5), "module_weight must be 0 or more"),
     (dict(logit_weight=0, feature_weight=0), "needs something to match"),
+    (dict(warmup=1.0), "warmup is a fraction of the steps"),
+    (dict(mixup=1.5), "mixup is a share of the images"),
 ])
 def test_bad_options_are_one_line_errors(kwargs, message):
     with pytest.raises(RebirthError, match=message):

@@ -296,11 +296,12 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
     quick = dataclasses.replace(rebirth, distill=None, finetune=None, max_drop=None)
     budget = rebirth.max_drop
     trials = []
+    references = held_out_references(job)  # the same for every trial
 
     def trial(selection, what: str):
         trial_job = dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(quick, sites=selection)))
         trial_module, records, _, _, _ = _relearn(trial_job, module, sibling_merge)
-        fidelity = held_out_fidelity(job, build(trial_module, "x86"))
+        fidelity = held_out_fidelity(job, build(trial_module, "x86"), references)
         drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
         relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
         trials.append({"trial": what, "sites": len(relearned), "drop_points": drop})
@@ -334,17 +335,22 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def held_out_fidelity(job: Job, checked: BuiltModel) -> dict:
-    """Top-1/top-5 agreement and relative logit error against onnxruntime on the original model,
-    over the held-out calibration inputs (whole batches)."""
+def held_out_references(job: Job) -> np.ndarray:
+    """onnxruntime's outputs on the original model for the held-out calibration inputs (whole
+    batches): what :func:`held_out_fidelity` compares with; computed once where it is reused."""
     batch, specs = job.batch, job.specs
     held = job.calibration.held_out[: len(job.calibration.held_out) // batch * batch]
-    outputs, references = [], []
-    for i in range(0, len(held), batch):
-        sample = held[i:i + batch]
-        outputs.append(_per_sample(checked.run(sample), batch))
-        references.append(_per_sample(onnxruntime_outputs(job.onnx_model, {specs[0].name: sample})[0], batch))
-    fidelity = logit_agreement(np.concatenate(outputs), np.concatenate(references))
+    return np.concatenate([_per_sample(onnxruntime_outputs(job.onnx_model, {specs[0].name: held[i:i + batch]})[0], batch)
+                           for i in range(0, len(held), batch)])
+
+
+def held_out_fidelity(job: Job, checked: BuiltModel, references: np.ndarray | None = None) -> dict:
+    """Top-1/top-5 agreement and relative logit error against onnxruntime on the original model,
+    over the held-out calibration inputs (whole batches)."""
+    batch = job.batch
+    held = job.calibration.held_out[: len(job.calibration.held_out) // batch * batch]
+    outputs = [_per_sample(checked.run(held[i:i + batch]), batch) for i in range(0, len(held), batch)]
+    fidelity = logit_agreement(np.concatenate(outputs), held_out_references(job) if references is None else references)
     fidelity["reference"] = "onnxruntime on the original model (ORT_DISABLE_ALL)"
     return fidelity
 

@@ -2,23 +2,31 @@
 
 Per-site least squares makes each new conv match its block on its own; the errors still add up
 along the network, and nothing in the per-site fits knows which errors change the prediction.
-Every few-sample recovery method ends with a gradient step on the whole network against the
-teacher's outputs (knowledge distillation): that needs no labels, only the calibration images
-the user already gave. Here:
+Every few-sample recovery method ends with a gradient step on a larger block or the whole
+network against the teacher's outputs (knowledge distillation): that needs no labels, only the
+calibration images the user already gave. Here:
 
-* **objective**: cross-entropy of the reborn network's softened logits against the teacher's
-  softened probabilities at temperature ``T`` (KL divergence up to a constant), scaled by ``T²``
-  so its gradients keep their size whatever ``T``; plus ``feature_weight`` × the squared error
-  of the classifier's input features (the last feature map, pooled), relative to their mean
-  squared norm. A 10-class logit vector says little per image; the features the classifier
-  reads say much more, and they are what the relearned layers upstream shape;
+* **objective**: ``logit_weight`` × the cross-entropy of the reborn network's softened logits
+  against the teacher's softened probabilities at temperature ``T`` (KL divergence up to a
+  constant), scaled by ``T²`` so its gradients keep their size whatever ``T``; plus
+  ``feature_weight`` × the squared error of the classifier's input features (the last feature
+  map, pooled), relative to their mean squared norm. A 10-class logit vector says little per
+  image; the features the classifier reads say much more;
+* **module reconstruction** (``module_weight``): plus the mean, over the *module boundaries*
+  (:func:`module_boundaries`: the inception modules' outputs and the relearned sites' outputs
+  that the reborn network shares with the original), of each one's relative squared error. Each
+  module is matched on its own output with its inputs from the reborn network below (errors
+  from below included, as BRECQ-style block reconstruction does), jointly with the rest rather
+  than one module at a time, so one gradient module serves every block;
 * **weights**: every float weight of the network; the relearned sites' own (their records'
   ``new_bindings``) and the classifier at the full rate, the others at ``rest_scale`` of it;
-* **optimiser**: Adam with a cosine-decayed rate, over mini-batches of per-sample gradients
-  from ``relax.transform.Gradient`` (the model's batch is 1);
+* **optimiser**: Adam, its rate rising linearly over the first ``warmup`` of the steps and then
+  decaying on a cosine, over mini-batches of per-sample gradients from
+  ``relax.transform.Gradient`` (the model's batch is 1), compiled by the caller's ``compiler``
+  (the pipeline's: the project's scheduled CPU kernels);
 * **data**: the calibration images that relearning used, with cheap augmentation (horizontal
-  flips, shifts of a few pixels) relabelled by the teacher each time — the teacher, not a label,
-  says what each augmented image should give;
+  flips, shifts of a few pixels; with ``mixup``, blends of two images) relabelled by the teacher
+  each time — the teacher, not a label, says what each augmented image should give;
 * **early stopping**: after every epoch the objective and the top-1 agreement are measured on
   the held-out calibration images; the weights with the lowest held-out objective are kept,
   the weights before distillation included, so it never ends worse on its own objective.
@@ -99,15 +107,24 @@ def feature_loss(student: np.ndarray, teacher: np.ndarray, scale: float) -> floa
     return float(np.mean(np.sum(diff ** 2, axis=-1)) / scale)
 
 
-def classifier_input(func: relax.Function) -> relax.Var | None:
-    """What the last matmul (the classifier) of ``main`` reads: the network's final features."""
+def _classifier(func: relax.Function) -> tuple[relax.Var, set[str]] | None:
+    """The last matmul of ``main`` (the classifier): what it reads (the network's final
+    features), and the names of its binding and every binding after it (its bias)."""
     bindings = [b for block in func.body.blocks for b in block.bindings]
+    names: set[str] = set()
     for binding in reversed(bindings):
+        names.add(binding.var.name)
         value = binding.value
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in ("relax.matmul", "relax.linear") \
                 and isinstance(value.args[0], relax.Var):
-            return value.args[0]
+            return value.args[0], names
     return None
+
+
+def classifier_input(func: relax.Function) -> relax.Var | None:
+    """What the last matmul (the classifier) of ``main`` reads: the network's final features."""
+    found = _classifier(func)
+    return found[0] if found else None
 
 
 def _bound(func: relax.Function) -> dict[str, relax.Binding]:
@@ -230,18 +247,6 @@ def _training_module(func: relax.Function, weights, emit, temperature: float, po
     return bb.get()
 
 
-def _classifier_bindings(func: relax.Function) -> set[str]:
-    """The last matmul / dense of ``main`` and what follows it (its bias): the classifier."""
-    bindings = [b for block in func.body.blocks for b in block.bindings]
-    names: set[str] = set()
-    for binding in reversed(bindings):
-        names.add(binding.var.name)
-        value = binding.value
-        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name in ("relax.matmul", "relax.linear"):
-            return names
-    return set()
-
-
 class _Adam:
     def __init__(self, values, rates, beta1=0.9, beta2=0.999, eps=1e-8):
         self.rates, self.beta1, self.beta2, self.eps = rates, beta1, beta2, eps
@@ -325,7 +330,7 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
                      for name, scale in zip(names, scales)]
     points = list(zip(names, point_weights))
 
-    fast = regenerated | _classifier_bindings(func)
+    fast = regenerated | (_classifier(func) or (None, set()))[1]
     weights, emit = lift_weights(func, fast)
     rates = [options.lr if regen else options.lr * options.rest_scale for _, regen in weights]
     trainable = [k for k, rate in enumerate(rates) if rate > 0]
