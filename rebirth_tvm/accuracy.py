@@ -361,6 +361,8 @@ def _study(args) -> int:
 
 
 def parse_variant(text: str) -> Variant:
+    from rebirth_tvm.relearn.distill import DistillOptions
+
     body, *extras = text.strip().split("+")
     parts = body.split("/")
     numbers = {}
@@ -379,7 +381,7 @@ def parse_variant(text: str) -> Variant:
     if not valid:
         raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS][+modules]][+dropPOINTS] "
                            f"with ABLATION one of {', '.join(ABLATIONS)}")
-    distill = int(numbers["distill"]) if "distill" in numbers else (10 if "distill" in extras else 0)
+    distill = int(numbers["distill"]) if "distill" in numbers else (DistillOptions().epochs if "distill" in extras else 0)
     return Variant(parts[0], parts[1], int(parts[2]), any(e.startswith("finetune") for e in extras), numbers.get("tucker"),
                    numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01), distill, numbers.get("drop"), "modules" in extras)
 

@@ -63,10 +63,10 @@ def test_experiment_grid_and_variant_names():
     assert parse_variant("both/lstsq/1000+tucker0.8") == Variant("both", "lstsq", 1000, False, 0.8)
     assert parse_variant("both/lstsq/1000+max0.2+refit+finetune0.001") == Variant("both", "lstsq", 1000, True, None, 0.2, True, 0.001)
     assert parse_variant("both/lstsq/1000+max0.2+refit+finetune0.001").name == "both/lstsq/1000+finetune0.001+max0.2+refit"
-    assert parse_variant("both/lstsq/1000+max0.2+refit+distill").distill == 10
+    assert parse_variant("both/lstsq/1000+max0.2+refit+distill").distill == 20  # the CLI's default epochs
     assert parse_variant("both/lstsq-nohinge/1000+distill4") == Variant("both", "lstsq-nohinge", 1000, distill=4)
     assert parse_variant("both/lstsq/1000+distill4").name == "both/lstsq/1000+distill4"
-    assert parse_variant("both/lstsq/1000+drop1+distill").name == "both/lstsq/1000+distill10+drop1"
+    assert parse_variant("both/lstsq/1000+drop1+distill").name == "both/lstsq/1000+distill20+drop1"
     assert parse_variant("both/lstsq/1000+distill20+modules") == Variant("both", "lstsq", 1000, distill=20, modules=True)
     assert parse_variant("both/lstsq/1000+modules+distill20").name == "both/lstsq/1000+distill20+modules"
     with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):

@@ -103,7 +103,7 @@ def test_distillation_brings_a_damaged_student_back_towards_the_teacher_without_
     train, held = train[:, 0], held[:, 0]
 
     teacher = teacher_of(teacher_mod)
-    options = DistillOptions(epochs=6, batch=8, lr=3e-3, seed=0, feature_weight=0.0)  # the logits alone
+    options = DistillOptions(epochs=6, batch=8, lr=3e-3, seed=0, feature_weight=0.0, module_weight=0.0, warmup=0.0)  # the logits alone
     out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
     before, after = summary["before"]["objective"], summary["after"]["objective"]
     assert after < 0.7 * before, summary["history"]
@@ -123,7 +123,7 @@ def test_a_distillation_that_diverges_keeps_the_weights_it_started_from():
     r = np.random.default_rng(5)
     train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
     out, summary = distill(student_mod, teacher_mod, train, held, {damaged},
-                           DistillOptions(epochs=2, batch=4, lr=50.0, rest_scale=1.0, patience=1))
+                           DistillOptions(epochs=2, batch=4, lr=50.0, rest_scale=1.0, patience=1, warmup=0.0))
     assert summary["best_epoch"] == 0 and summary["after"] == {k: summary["before"][k] for k in ("objective", "agreement")}
     np.testing.assert_allclose(run_main(out, held), run_main(student_mod, held), rtol=1e-6)
 
@@ -140,7 +140,7 @@ def test_the_feature_term_pulls_the_features_to_the_teachers_too():
     distance = {}
     for weight in (0.0, 5.0):
         out, summary = distill(student_mod, teacher_mod, train, held, {damaged},
-                               DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=weight))
+                               DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=weight, module_weight=0.0, warmup=0.0))
         distance[weight] = feature_loss(teacher_of(out)(held)[1], teacher_features, scale)
         assert summary["after"]["objective"] < summary["before"]["objective"]
     assert distance[5.0] < min(distance[0.0], feature_loss(before, teacher_features, scale)), distance
@@ -170,7 +170,7 @@ def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
 
     target = boundary_of(teacher_mod)
     distance = {"before": feature_loss(boundary_of(student_mod), target, 1.0)}
-    for name, options in {"logits": DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=0.0),
+    for name, options in {"logits": DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=0.0, module_weight=0.0),
                           "modules": DistillOptions(epochs=6, batch=8, lr=3e-3, logit_weight=0.0, feature_weight=0.0,
                                                     module_weight=1.0)}.items():
         out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
@@ -228,7 +228,7 @@ def test_the_rate_warms_up_then_decays():
     (dict(patience=0), "patience must be 1 or more"),
     (dict(feature_weight=-1), "feature_weight must be 0 or more"),
     (dict(module_weight=-0.5), "module_weight must be 0 or more"),
-    (dict(logit_weight=0, feature_weight=0), "needs something to match"),
+    (dict(logit_weight=0, feature_weight=0, module_weight=0), "needs something to match"),
     (dict(warmup=1.0), "warmup is a fraction of the steps"),
     (dict(mixup=1.5), "mixup is a share of the images"),
 ])

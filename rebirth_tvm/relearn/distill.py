@@ -50,18 +50,18 @@ from rebirth_tvm.relearn.finetune import _register_missing_gradients, _rebuilt_m
 class DistillOptions:
     """How long and how hard to distil (see the module docstring)."""
 
-    epochs: int = 10
+    epochs: int = 20
     batch: int = 16
     lr: float = 1e-3
-    warmup: float = 0.0
+    warmup: float = 0.1
     rest_scale: float = 0.1
     temperature: float = 4.0
     logit_weight: float = 1.0
     feature_weight: float = 1.0
-    module_weight: float = 0.0
+    module_weight: float = 1.0
     augment: bool = True
     mixup: float = 0.0
-    patience: int = 3
+    patience: int = 5
     seed: int = 0
 
     def __post_init__(self):
