@@ -141,3 +141,17 @@ def test_each_sample_waits_for_the_other_runtimes_threads_and_runs_once_untimed(
     result = measure.interleaved_latency(variants, repeats=3, min_sample_seconds=0.0, warmup=0)
     assert sleeps == [measure.SETTLE_SECONDS] * 6
     assert calls.count("a") == 1 + 3 * (1 + result["a"]["runs_per_sample"])
+
+
+def test_a_sample_after_another_runtimes_waits_longer(monkeypatch):
+    # 50 ms left both runtimes slowed by the other's spinning threads; a switch of runtime
+    # waits SWITCH_SETTLE_SECONDS, a sample after the same runtime only SETTLE_SECONDS.
+    sleeps = []
+    monkeypatch.setattr(measure.time, "sleep", lambda s: sleeps.append(s))
+    variants = [measure.Variant("tvm_a", lambda: None), measure.Variant("tvm_b", lambda: None),
+                measure.Variant("ort", lambda: None, runtime="onnxruntime")]
+    measure.interleaved_latency(variants, repeats=3, min_sample_seconds=0.0, warmup=0)
+    short, switch = measure.SETTLE_SECONDS, measure.SWITCH_SETTLE_SECONDS
+    # orders: a b ort | b ort a | ort a b (each pause is for what ran just before, across repetitions)
+    assert sleeps == [short, short, switch, switch, switch, switch, switch, switch, short]
+    assert switch > short

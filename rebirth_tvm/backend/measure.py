@@ -84,11 +84,13 @@ def _ops_in(name: str) -> list[str]:
 
 
 class Variant:
-    """One thing to time: ``run()`` performs one inference."""
+    """One thing to time: ``run()`` performs one inference on ``runtime`` (whose worker threads
+    the other runtimes' samples must wait out, see :func:`interleaved_latency`)."""
 
-    def __init__(self, name: str, run: Callable[[], object]):
+    def __init__(self, name: str, run: Callable[[], object], runtime: str = "tvm"):
         self.name = name
         self.run = run
+        self.runtime = runtime
 
 
 def tvm_variant(name: str, executable, inputs, device=None) -> Variant:
@@ -112,7 +114,7 @@ def onnxruntime_variant(name: str, model, inputs: dict, threads: int | None = No
     from rebirth_tvm.frontend.reference import session as onnxruntime_session
 
     session = onnxruntime_session(model, optimized=True, threads=threads or os.cpu_count() or 1)
-    return Variant(name, lambda: session.run(None, inputs))
+    return Variant(name, lambda: session.run(None, inputs), runtime="onnxruntime")
 
 
 def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: float = 50) -> dict[str, dict]:
@@ -143,20 +145,26 @@ def rpc_latency(builds: dict, inputs, device, repeats: int = 30, min_sample_ms: 
     return {name: _summary(s, f"device timer, ≥ {min_sample_ms:g} ms") for name, s in samples.items()}
 
 
-#: idle time before each sample, so that the previous variant's runtime parks its threads
+#: idle time before each sample, so that the previous sample's worker threads park
 SETTLE_SECONDS = 0.05
+#: idle time before a sample that follows another runtime's: measured on GoogLeNet (2 cores),
+#: 50 ms left both runtimes slowed by the other's threads (TVM 22.5 ms against 18.5 alone,
+#: onnxruntime 33.3 against 26.1); after 0.5 s each ran as fast as alone (18.7, 26.4)
+SWITCH_SETTLE_SECONDS = 0.5
 
 
 def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_seconds: float = 0.05,
-                        warmup: int = 3, progress=None, settle_seconds: float = SETTLE_SECONDS) -> dict[str, dict]:
+                        warmup: int = 3, progress=None, settle_seconds: float = SETTLE_SECONDS,
+                        switch_settle_seconds: float = SWITCH_SETTLE_SECONDS) -> dict[str, dict]:
     """Median, p10 and p90 latency (ms) of each variant, sampled round-robin in one process.
 
     Each sample is the mean of as many back-to-back runs as fill ``min_sample_seconds`` (at
-    least one), after ``settle_seconds`` idle and one untimed run; the order of the variants
-    rotates every repetition. Both runtimes' worker threads spin for a while after a run: timed
-    right after another runtime's sample, a variant ran with half the cores (GoogLeNet on TVM:
-    21.5 ms alone, 32.9 ms right after onnxruntime; AlexNet on onnxruntime: 21.2 ms alone,
-    38.8 ms right after TVM). The idle time and the untimed run let the other threads park.
+    least one), after an idle pause and one untimed run; the order of the variants rotates every
+    repetition. Both runtimes' worker threads keep spinning for a while after a run, and timed
+    while the other runtime's threads still spin, a variant gets half the cores (GoogLeNet on
+    TVM: 18.5 ms alone, 22.5 after a 50 ms pause behind onnxruntime; onnxruntime 26.1 alone,
+    33.3 behind TVM). The pause is ``switch_settle_seconds`` when the previous sample ran on
+    another runtime, ``settle_seconds`` otherwise (a runtime's own threads are what it runs on).
     """
     inner = {}
     for v in variants:
@@ -167,16 +175,19 @@ def interleaved_latency(variants: list[Variant], repeats: int = 30, min_sample_s
         once = time.perf_counter() - start
         inner[v.name] = max(1, int(min_sample_seconds / max(once, 1e-9)))
     samples = collections.defaultdict(list)
+    previous = None
     for r in range(repeats):
         order = variants[r % len(variants):] + variants[:r % len(variants)]
         for v in order:
-            if settle_seconds:
-                time.sleep(settle_seconds)
+            pause = switch_settle_seconds if previous is not None and previous != v.runtime else settle_seconds
+            if pause:
+                time.sleep(pause)
             v.run()  # untimed: its own threads wake; any other runtime's have parked
             start = time.perf_counter()
             for _ in range(inner[v.name]):
                 v.run()
             samples[v.name].append((time.perf_counter() - start) / inner[v.name] * 1e3)
+            previous = v.runtime
         if progress is not None:
             progress.update(1)
     return {name: _summary(s, inner[name]) for name, s in samples.items()}
