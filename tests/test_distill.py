@@ -152,6 +152,7 @@ def test_module_boundaries_are_the_shared_concats_and_relearned_outputs():
     # The concat (an inception-style module's output) and the relearned conv's own output;
     # not the ReLU or the pool between them, nor the classifier's flat input (rank 2).
     assert module_boundaries(student_mod["main"], teacher_mod["main"], {damaged}) == [damaged, concat_name(teacher_mod)]
+    # Only what the sites output: a relearned inner value that shares a name is not one.
     assert module_boundaries(student_mod["main"], teacher_mod["main"], set()) == [concat_name(teacher_mod)]
 
 
@@ -173,7 +174,7 @@ def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
     for name, options in {"logits": DistillOptions(epochs=6, batch=8, lr=3e-3, feature_weight=0.0, module_weight=0.0),
                           "modules": DistillOptions(epochs=6, batch=8, lr=3e-3, logit_weight=0.0, feature_weight=0.0,
                                                     module_weight=1.0)}.items():
-        out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
+        out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options, site_outputs={damaged})
         assert summary["after"]["objective"] < summary["before"]["objective"]
         distance[name] = feature_loss(boundary_of(out), target, 1.0)
     assert summary["module_boundaries"] == [damaged, boundary]
@@ -188,8 +189,8 @@ def test_distillation_with_the_projects_kernels_matches_the_plain_build():
     r = np.random.default_rng(4)
     train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
     options = DistillOptions(epochs=2, batch=4, lr=3e-3, augment=False, module_weight=1.0)
-    _, plain = distill(student_mod, teacher_mod, train, held, {damaged}, options)
-    _, ours = distill(student_mod, teacher_mod, train, held, {damaged}, options, compiler=compile_for_host)
+    _, plain = distill(student_mod, teacher_mod, train, held, {damaged}, options, site_outputs={damaged})
+    _, ours = distill(student_mod, teacher_mod, train, held, {damaged}, options, compiler=compile_for_host, site_outputs={damaged})
     for a, b in zip(plain["history"], ours["history"]):
         assert a["objective"] == pytest.approx(b["objective"], rel=1e-3)
 
@@ -237,10 +238,24 @@ def test_bad_options_are_one_line_errors(kwargs, message):
         DistillOptions(**kwargs)
 
 
-def test_distillation_refuses_too_few_inputs():
+def test_distillation_refuses_too_few_inputs_and_nothing_to_match():
     mod = small_classifier(dtype="float32")
+    images = np.zeros((4, 2, 6, 6), np.float32)
     with pytest.raises(RebirthError, match="at least 1 training and held-out"):
         distill(mod, mod, np.zeros((0, 2, 6, 6), np.float32), np.zeros((2, 2, 6, 6), np.float32), set())
+    # Only the module term asked for, and no boundary to match (no concat, no site output):
+    # an objective of zero would train nothing for `patience` epochs.
+    x = relax.Var("x", relax.TensorType((1, 2, 6, 6), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            conv = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(np.ones((3, 2, 1, 1), np.float32)))))
+            flat = bb.emit(relax.op.reshape(relax.op.mean(conv, axis=[2, 3]), (1, 3)))
+            out = bb.emit_output(relax.op.matmul(flat, relax.const(np.ones((3, 4), np.float32))))
+        bb.emit_func_output(out)
+    plain = bb.get()
+    with pytest.raises(RebirthError, match="nothing to match"):
+        distill(plain, plain, images, images, set(), DistillOptions(logit_weight=0.0, feature_weight=0.0, module_weight=1.0))
 
 
 @pytest.mark.parametrize("args, message", [

@@ -259,8 +259,9 @@ def _relearn(job: Job, module, sibling_merge: bool):
             options_ = rebirth.distill
             if classifier_input(reference["main"]) is None and options_.feature_weight:
                 options_ = dataclasses.replace(options_, feature_weight=0.0)  # no classifier: logits only
+            site_outputs = {s.site for s in sites if s.status == "rewritten" and not s.exact}
             module, distilled = distill(module, reference, train, job.calibration.held_out, regenerated,
-                                        options_, log=_log, compiler=compile_for_host)
+                                        options_, log=_log, compiler=compile_for_host, site_outputs=site_outputs)
         relearn_seconds = time.perf_counter() - start
         if rebirth.finetune is not None:
             from rebirth_tvm.relearn.finetune import finetune

@@ -131,26 +131,32 @@ def _bound(func: relax.Function) -> dict[str, relax.Binding]:
     return {b.var.name: b for block in func.body.blocks for b in block.bindings}
 
 
-def module_boundaries(student: relax.Function, teacher: relax.Function, regenerated: set[str]) -> list[str]:
+def module_boundaries(student: relax.Function, teacher: relax.Function, site_outputs: set[str]) -> list[str]:
     """The points where the reborn network and the original compute the same thing, so their
     values can be compared: variables of both ``main``s, with one name and one shape, that
     are feature maps (rank 4 or more) and either an inception module's output (a concat in the
-    original) or a relearned site's output that kept the original's name. Rewrites keep the
-    names of what they do not replace, so these are the outputs of the blocks between merges."""
+    original) or a relearned site's output (``site_outputs``: a site's new block is bound to the
+    name of what it replaces). Only those: a rewrite's inner values (its conv before the bias)
+    may share a name with an unrelated value of the original (FoldBatchNorm's ``<bn>_conv``)."""
     ours, theirs = _bound(student), _bound(teacher)
     points = []
     for name, binding in ours.items():
         original = theirs.get(name)
-        if original is None or not isinstance(binding.var.ty, relax.TensorType) or binding.var.ty.shape is None:
-            continue
-        shape = [int(d) for d in binding.var.ty.shape]
-        if len(shape) < 4 or original.var.ty.shape is None or [int(d) for d in original.var.ty.shape] != shape:
+        shape, original_shape = _static_shape(binding.var), _static_shape(original.var) if original is not None else None
+        if shape is None or len(shape) < 4 or shape != original_shape:
             continue
         value = original.value
         is_concat = isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == "relax.concat"
-        if is_concat or name in regenerated:
+        if is_concat or name in site_outputs:
             points.append(name)
     return points
+
+
+def _static_shape(var) -> list[int] | None:
+    shape = getattr(var.ty, "shape", None) if isinstance(var.ty, relax.TensorType) else None
+    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None
+    return [int(d) for d in shape]
 
 
 def tapped(mod: tvm.IRModule, points: list[str]) -> tvm.IRModule:
@@ -186,7 +192,7 @@ def with_features(mod: tvm.IRModule) -> tvm.IRModule:
 def augment(images: np.ndarray, rng: np.random.Generator, mixup: float = 0.0) -> np.ndarray:
     """A random horizontal flip and a shift of up to 1/12 of the side (zeros fill in), per image;
     with ``mixup``, that share of the images is then blended with another one (weight drawn
-    uniformly from [0, 0.5]): new inputs between the calibration images, which the teacher labels."""
+    uniformly from [0, 0.5)): new inputs between the calibration images, which the teacher labels."""
     out = np.empty_like(images)
     height, width = images.shape[-2:]
     reach_y, reach_x = max(1, height // 12), max(1, width // 12)
@@ -279,15 +285,36 @@ def _compile_on_cpu(mod: tvm.IRModule):
     return tvm.compile(mod, target=tvm.target.Target("llvm"))
 
 
+#: held-out images evaluated at once (only sums are kept between batches)
+EVAL_BATCH = 32
+
+
+def _compile(compiler, mod: tvm.IRModule, log):
+    """``compiler(mod)``; TVM's plain CPU build should it fail (slower, same values)."""
+    if compiler is _compile_on_cpu:
+        return compiler(mod)
+    try:
+        return compiler(mod)
+    except Exception as err:  # noqa: BLE001  (a kernel the project's pipeline cannot build)
+        if log:
+            log(f"distillation: the scheduled kernels could not build the training module ({type(err).__name__}); "
+                "using TVM's plain CPU build")
+        return _compile_on_cpu(mod)
+
+
 def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_out: np.ndarray,
             regenerated: set[str], options: DistillOptions = DistillOptions(), log=None,
-            compiler: Callable[[tvm.IRModule], object] | None = None) -> tuple[tvm.IRModule, dict]:
+            compiler: Callable[[tvm.IRModule], object] | None = None,
+            site_outputs: set[str] = frozenset()) -> tuple[tvm.IRModule, dict]:
     """Distil ``teacher`` (the original network, a Relax module) into ``mod`` on unlabelled
     ``train`` images, stopping early on ``held_out`` (module docstring); returns the new module
     and a summary.
 
-    ``compiler`` builds the training and teacher modules for this machine (default: TVM's plain
-    CPU pipeline; the pipeline passes the project's scheduled kernels, several times faster).
+    ``regenerated``: the relearned sites' bindings (trained at the full rate); ``site_outputs``:
+    their output names (module boundaries, with the inception modules' concats). ``compiler``
+    builds the training and teacher modules for this machine (default: TVM's plain CPU pipeline;
+    the pipeline passes the project's scheduled kernels, about 3× faster; should it fail on a
+    module, the plain build is used and the log says so).
     """
     from tqdm import tqdm
 
@@ -307,25 +334,42 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
     dtype = str(func.params[0].ty.dtype)
 
     # What is matched: the logits, the classifier's input, the module boundaries.
-    feature = classifier_input(func)
-    if options.feature_weight and feature is None:
+    feature, teacher_feature = classifier_input(func), classifier_input(teacher["main"])
+    if options.feature_weight and (feature is None or teacher_feature is None):
         raise RebirthError("distillation: the model has no final matmul (classifier) whose input features could be matched; "
                            "use feature_weight 0")
+    if options.feature_weight and _static_shape(feature) != _static_shape(teacher_feature):
+        raise RebirthError(f"distillation: the classifier reads {_static_shape(feature)} features here but "
+                           f"{_static_shape(teacher_feature)} in the original")
     names = [feature.name] if options.feature_weight else []
-    boundaries = [p for p in module_boundaries(func, teacher["main"], regenerated) if p not in names] \
+    teacher_names = [teacher_feature.name] if options.feature_weight else []
+    boundaries = [p for p in module_boundaries(func, teacher["main"], set(site_outputs)) if p not in names] \
         if options.module_weight else []
     names += boundaries
-    teacher_vm = relax.VirtualMachine(compiler(tapped(teacher, names)), tvm.cpu())
+    teacher_names += boundaries
+    if not names and not options.logit_weight:
+        raise RebirthError("distillation has nothing to match: no logits, no classifier features and no module boundary found")
+    teacher_vm = relax.VirtualMachine(_compile(compiler, tapped(teacher, teacher_names), log), tvm.cpu())
 
     def teach(images) -> list[np.ndarray]:
         outs = [teacher_vm["main"](tvm.runtime.tensor(images[i:i + model_batch].astype(dtype)))
                 for i in range(0, len(images), model_batch)]
         return [np.concatenate([o[k].numpy() for o in outs]) for k in range(1 + len(names))]
 
-    teacher_held = teach(held)
     # Each point's squared error relative to the teacher's mean squared norm there, so a weight
-    # means the same on every network; the module term is a mean over its boundaries.
-    scales = [max(float(np.mean(np.sum(t.reshape(len(t), -1).astype(np.float64) ** 2, -1))), 1e-30) for t in teacher_held[1:]]
+    # means the same on every network; the module term is a mean over its boundaries. Held-out
+    # values are computed a batch at a time and only their sums kept: a big network's module
+    # boundaries for every held-out image would not fit in memory.
+    step = model_batch * max(1, EVAL_BATCH // model_batch)
+    batches = [held[i:i + step] for i in range(0, len(held), step)]
+    squares = np.zeros(len(names))
+    teacher_logits = []
+    for images in batches:
+        out = teach(images)
+        teacher_logits.append(out[0])
+        squares += [float(np.sum(t.astype(np.float64) ** 2)) for t in out[1:]]
+    teacher_logits = np.concatenate(teacher_logits)
+    scales = [max(total / len(held), 1e-30) for total in squares]
     point_weights = [(options.feature_weight if name not in boundaries else options.module_weight / len(boundaries)) / scale
                      for name, scale in zip(names, scales)]
     points = list(zip(names, point_weights))
@@ -341,23 +385,25 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
         grad_mod = relax.transform.Gradient("loss", require_grads=[params[first_weight + k] for k in trainable])(training)
     except Exception as err:  # TVM raises plain errors from C++ for an op without a gradient
         raise RebirthError(f"distillation: TVM cannot differentiate this model: {str(err).strip().splitlines()[-1]}") from None
-    vm = relax.VirtualMachine(compiler(grad_mod), tvm.cpu())
+    vm = relax.VirtualMachine(_compile(compiler, grad_mod, log), tvm.cpu())
 
     def student(values_nd, images) -> list[np.ndarray]:
         outs = [vm["logits"](tvm.runtime.tensor(images[i:i + model_batch].astype(dtype)), *values_nd)
                 for i in range(0, len(images), model_batch)]
         return [np.concatenate([o[k].numpy() for o in outs]) for k in range(1 + len(points))]
 
-    def objective(outputs, targets) -> float:
-        total = options.logit_weight * distillation_loss(outputs[0], targets[0], options.temperature)
-        for (_, weight), out, target in zip(points, outputs[1:], targets[1:]):
-            total += weight * feature_loss(out, target, 1.0)
-        return total
-
     def evaluate(values_nd) -> dict:
-        outputs = student(values_nd, held)
-        return {"objective": objective(outputs, teacher_held),
-                "agreement": float(np.mean(np.argmax(outputs[0], -1) == np.argmax(teacher_held[0], -1)))}
+        """The objective (``T²``·KL + the weighted squared errors) and the top-1 agreement over the
+        held-out images, a batch at a time."""
+        divergence, squared, student_logits = 0.0, 0.0, []
+        for images in batches:
+            outputs, targets = student(values_nd, images), teach(images)
+            divergence += distillation_loss(outputs[0], targets[0], options.temperature) * len(images)
+            squared += sum(weight * feature_loss(out, target, 1.0) * len(images)
+                           for (_, weight), out, target in zip(points, outputs[1:], targets[1:]))
+            student_logits.append(outputs[0])
+        agreement = np.mean(np.argmax(np.concatenate(student_logits), -1) == np.argmax(teacher_logits, -1))
+        return {"objective": (options.logit_weight * divergence + squared) / len(held), "agreement": float(agreement)}
 
     values = [value.copy() for value, _ in weights]
 
