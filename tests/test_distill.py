@@ -23,6 +23,17 @@ def perturbed(mod, binding: str, scale: float, seed: int):
     return tvm.IRModule({"main": _rebuilt_main(func, values, emit)}), binding
 
 
+def damaged_student(train_count=48, held_count=24, seed=4):
+    """The small classifier as teacher, a student whose site conv has noise (0.6 × its spread)
+    added, and seeded random train and held-out inputs: ``(teacher, student, site, train, held)``."""
+    teacher_mod = small_classifier(dtype="float32")
+    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
+    r = np.random.default_rng(seed)
+    train = r.standard_normal((train_count, 2, 6, 6)).astype(np.float32)
+    held = r.standard_normal((held_count, 2, 6, 6)).astype(np.float32)
+    return teacher_mod, student_mod, damaged, train, held
+
+
 def run_main(mod, images):
     vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target("llvm")), tvm.cpu())
     return np.concatenate([vm["main"](tvm.runtime.tensor(images[i:i + 1])).numpy() for i in range(len(images))])
@@ -96,12 +107,7 @@ def test_gradients_match_finite_differences():
 
 
 def test_distillation_brings_a_damaged_student_back_towards_the_teacher_without_labels():
-    teacher_mod = small_classifier(dtype="float32")
-    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
-    r = np.random.default_rng(4)
-    train, held = r.standard_normal((48, 1, 2, 6, 6)).astype(np.float32), r.standard_normal((24, 1, 2, 6, 6)).astype(np.float32)
-    train, held = train[:, 0], held[:, 0]
-
+    teacher_mod, student_mod, damaged, train, held = damaged_student()
     teacher = teacher_of(teacher_mod)
     options = DistillOptions(epochs=6, batch=8, lr=3e-3, seed=0, feature_weight=0.0, module_weight=0.0, warmup=0.0)  # the logits alone
     out, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
@@ -129,10 +135,7 @@ def test_a_distillation_that_diverges_keeps_the_weights_it_started_from():
 
 
 def test_the_feature_term_pulls_the_features_to_the_teachers_too():
-    teacher_mod = small_classifier(dtype="float32")
-    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
-    r = np.random.default_rng(4)
-    train, held = r.standard_normal((48, 2, 6, 6)).astype(np.float32), r.standard_normal((24, 2, 6, 6)).astype(np.float32)
+    teacher_mod, student_mod, damaged, train, held = damaged_student()
     teacher = teacher_of(teacher_mod)
     _, teacher_features = teacher(held)
     scale = float(np.mean(np.sum(teacher(train)[1] ** 2, -1)))
@@ -159,10 +162,7 @@ def test_module_boundaries_are_the_shared_concats_and_relearned_outputs():
 def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
     # Module reconstruction: each module's output matched with the student's own inputs from
     # below. With only the module term, the boundary gets closer than with the logits alone.
-    teacher_mod = small_classifier(dtype="float32")
-    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
-    r = np.random.default_rng(4)
-    train, held = r.standard_normal((48, 2, 6, 6)).astype(np.float32), r.standard_normal((24, 2, 6, 6)).astype(np.float32)
+    teacher_mod, student_mod, damaged, train, held = damaged_student()
     boundary = concat_name(teacher_mod)
 
     def boundary_of(mod):
@@ -184,10 +184,7 @@ def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
 def test_distillation_with_the_projects_kernels_matches_the_plain_build():
     from rebirth_tvm.backend.build import compile_for_host
 
-    teacher_mod = small_classifier(dtype="float32")
-    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.6, seed=3)
-    r = np.random.default_rng(4)
-    train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
+    teacher_mod, student_mod, damaged, train, held = damaged_student(16, 8)
     options = DistillOptions(epochs=2, batch=4, lr=3e-3, augment=False, module_weight=1.0)
     _, plain = distill(student_mod, teacher_mod, train, held, {damaged}, options, site_outputs={damaged})
     _, ours = distill(student_mod, teacher_mod, train, held, {damaged}, options, compiler=compile_for_host, site_outputs={damaged})

@@ -43,6 +43,7 @@ import tvm
 from tvm import relax
 
 from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.core.graph import shape_of
 from rebirth_tvm.relearn.finetune import _register_missing_gradients, _rebuilt_main, _weight_vars, lift_weights
 
 
@@ -142,7 +143,7 @@ def module_boundaries(student: relax.Function, teacher: relax.Function, site_out
     points = []
     for name, binding in ours.items():
         original = theirs.get(name)
-        shape, original_shape = _static_shape(binding.var), _static_shape(original.var) if original is not None else None
+        shape, original_shape = shape_of(binding.var), shape_of(original.var) if original is not None else None
         if shape is None or len(shape) < 4 or shape != original_shape:
             continue
         value = original.value
@@ -150,13 +151,6 @@ def module_boundaries(student: relax.Function, teacher: relax.Function, site_out
         if is_concat or name in site_outputs:
             points.append(name)
     return points
-
-
-def _static_shape(var) -> list[int] | None:
-    shape = getattr(var.ty, "shape", None) if isinstance(var.ty, relax.TensorType) else None
-    if shape is None or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
-    return [int(d) for d in shape]
 
 
 def tapped(mod: tvm.IRModule, points: list[str]) -> tvm.IRModule:
@@ -338,9 +332,9 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
     if options.feature_weight and (feature is None or teacher_feature is None):
         raise RebirthError("distillation: the model has no final matmul (classifier) whose input features could be matched; "
                            "use feature_weight 0")
-    if options.feature_weight and _static_shape(feature) != _static_shape(teacher_feature):
-        raise RebirthError(f"distillation: the classifier reads {_static_shape(feature)} features here but "
-                           f"{_static_shape(teacher_feature)} in the original")
+    if options.feature_weight and shape_of(feature) != shape_of(teacher_feature):
+        raise RebirthError(f"distillation: the classifier reads {shape_of(feature)} features here but "
+                           f"{shape_of(teacher_feature)} in the original")
     names = [feature.name] if options.feature_weight else []
     teacher_names = [teacher_feature.name] if options.feature_weight else []
     boundaries = [p for p in module_boundaries(func, teacher["main"], set(site_outputs)) if p not in names] \
