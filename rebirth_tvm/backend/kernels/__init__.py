@@ -7,7 +7,8 @@ arm: TVM's CPU pipeline with two additions —
 1. before legalization, the importer's clips become Relax ops again (:mod:`.lift`) and convs go
    to the blocked layout (:mod:`.layout`; weights packed once);
 2. after fusion, every kernel gets a schedule from the first rule that takes it
-   (:mod:`.conv_nchwc` for blocked convs, :mod:`.depthwise` for depthwise ones, :mod:`.loops` for everything else); a tuning
+   (:mod:`.conv_nchwc` for blocked convs, :mod:`.depthwise` for depthwise ones, :mod:`.dense`
+   for small-batch dense layers, :mod:`.loops` for everything else); a tuning
    database, when given, comes first.
 
 :class:`KernelCounts` records, per build, how many kernels each rule scheduled, how many came
@@ -25,6 +26,7 @@ from tvm import relax, tirx
 
 from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
+from rebirth_tvm.backend.kernels.dense import PackedDense, legalize_matmul
 from rebirth_tvm.backend.kernels.depthwise import DepthwiseConv
 from rebirth_tvm.backend.kernels.layout import (block_remaining_convs, block_size, blocked_layout, legalize_conv2d,
                                                keep_slices_blocked, legalize_layout_transform, network_block,
@@ -49,7 +51,7 @@ class KernelCounts:
 
 def rules_for(target: tvm.target.Target) -> list:
     """The schedule rules, in the order they are tried."""
-    return [BlockedConv(), DepthwiseConv(), ParallelLoops(vector_lanes=block_size(target))]
+    return [BlockedConv(), DepthwiseConv(), PackedDense(), ParallelLoops(vector_lanes=block_size(target))]
 
 
 @tvm.transform.module_pass(opt_level=0, name="ScheduleKernels")
@@ -99,7 +101,8 @@ def fused_kernels(target: tvm.target.Target, counts: KernelCounts | None = None)
                 keep_slices_blocked(),
                 relax.transform.Normalize(),
                 relax.transform.LegalizeOps({"relax.nn.conv2d": legalize_conv2d,
-                                              "relax.layout_transform": legalize_layout_transform}),
+                                              "relax.layout_transform": legalize_layout_transform,
+                                              "relax.matmul": legalize_matmul}),
                 relax.transform.AnnotateTIROpPattern(),
                 relax.transform.FoldConstant(),  # packs the weights into the blocked layout
                 relax.transform.FuseOps(),
