@@ -370,14 +370,15 @@ def sliced_module(first: int, block_aligned_pool: bool = True):
 
 
 def data_transforms(mod) -> int:
-    """Layout transforms of feature maps (4-D ↔ 5-D; weights are 6-D blocked) in ``mod``'s main."""
+    """Layout transforms of feature maps (4-D ↔ 5-D; weights are 6-D blocked, and constants —
+    a bias — are transformed once at compile time) in ``mod``'s main."""
     from tvm import relax
 
     count = []
 
     def visit(expr):
         if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == "relax.layout_transform" \
-                and len(expr.ty.shape) in (4, 5):
+                and len(expr.ty.shape) in (4, 5) and not isinstance(expr.args[0], tvm.ir.GenericConst):
             count.append(expr)
 
     relax.analysis.post_order_visit(mod["main"], visit)
@@ -406,3 +407,109 @@ def test_channel_slices_on_block_boundaries_stay_blocked_and_exact(first, kept_b
     expected = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target("llvm")), tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     got = build(mod, "x86").run(x)
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+
+
+def dense_model(rows, depth, columns, relu=True, bias=True, seed=0):
+    """Gemm (x [rows, depth] · Wᵀ, W [columns, depth]) (+bias) (+Relu): a classifier's FC."""
+    r = np.random.default_rng(seed)
+    inits = [numpy_helper.from_array(r.normal(0, 0.1, (columns, depth)).astype(np.float32), "w")]
+    inputs = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(r.normal(0, 0.1, columns).astype(np.float32), "b"))
+        inputs.append("b")
+    nodes = [helper.make_node("Gemm", inputs, ["c"], transB=1, name="fc")]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"], name="relu"))
+    graph = helper.make_graph(nodes, "fc", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, depth])],
+                              [helper.make_tensor_value_info("y" if relu else "c", TensorProto.FLOAT, None)], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+@pytest.mark.parametrize("rows, depth, columns, relu, bias, rule", [
+    (1, 2048, 512, True, True, "packed_dense"),     # panels of 64
+    (1, 300, 1000, False, True, "packed_dense"),    # a 1000-class classifier: panels of 8
+    (4, 96, 64, True, False, "packed_dense"),       # a small batch, no bias
+    (1, 64, 128, False, False, "packed_dense"),     # nothing after the dense: the write-back added
+    (2, 50, 24, False, True, "packed_dense"),
+    (1, 64, 10, True, True, "parallel_loops"),      # 10 classes: no panel width divides
+    (64, 64, 64, True, True, "parallel_loops"),     # a big batch: accumulators would not fit
+])
+def test_dense_matches_onnxruntime(rows, depth, columns, relu, bias, rule):
+    built = check_against_onnxruntime(dense_model(rows, depth, columns, relu, bias))
+    assert built.kernels.get(rule) == 1 and built.kernels.get("plain_loops", 0) == 0, built.kernels
+
+
+def test_dense_weights_are_packed_in_contiguous_panels():
+    from rebirth_tvm.backend.kernels.dense import max_accumulators, panel_width
+
+    assert [panel_width(1, n) for n in (4096, 1000, 96, 10)] == [64, 8, 32, None]
+    assert panel_width(8, 4096) == 32 and panel_width(64, 64) is None
+    # Accumulators take half the vector registers: 32 × 16 floats with AVX-512, 16 × 8 with AVX2.
+    avx2 = resolve_target('{"kind": "llvm", "mcpu": "haswell"}').tvm
+    avx512 = resolve_target('{"kind": "llvm", "mcpu": "skylake-avx512"}').tvm
+    assert (max_accumulators(avx512), max_accumulators(avx2), max_accumulators(resolve_target("arm").tvm)) == (256, 64, 64)
+    assert panel_width(4, 4096, max_accumulators(avx2)) == 16
+    model = dense_model(1, 32, 128)
+    fused = fused_kernels(resolve_target("x86").tvm)(rebirth_tvm.load(model))
+    (panels,) = [c for c in _constants(fused) if c.ndim == 3]
+    w = numpy_helper.to_array(model.graph.initializer[0])  # [columns, depth]
+    assert panels.shape == (2, 32, 64)
+    np.testing.assert_array_equal(panels[1, 5], w[64:128, 5])  # panel 1, input 5: columns 64..127
+
+
+def _constants(mod) -> list:
+    found = []
+    for _, func in mod.functions_items():
+        if isinstance(func, tvm.relax.Function):
+            tvm.relax.analysis.post_order_visit(func, lambda e: found.append(e.value.numpy()) if isinstance(e, tvm.ir.GenericConst) else None)
+    return found
+
+
+def stem_model(classes: int = 64):
+    """The narrow first conv (3→32, 7×7 stride 2) + bias → ReLU → max pool → conv 32→``classes``
+    + bias → ReLU: a SqueezeNet's stem and, with 1000 classes, its conv classifier."""
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(a, n) for n, a in [
+        ("w1", r.normal(0, 0.2, (32, 3, 7, 7)).astype(np.float32)), ("b1", r.normal(0, 0.1, 32).astype(np.float32)),
+        ("w2", r.normal(0, 0.2, (classes, 32, 1, 1)).astype(np.float32)), ("b2", r.normal(0, 0.1, classes).astype(np.float32))]]
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], kernel_shape=[7, 7], strides=[2, 2], pads=[3, 3, 3, 3]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[3, 3], strides=[2, 2]),
+             helper.make_node("Conv", ["p1", "w2", "b2"], ["c2"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["c2"], ["y"])]
+    graph = helper.make_graph(nodes, "stem", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 33, 33])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    return onnx.shape_inference.infer_shapes(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]))
+
+
+def test_the_narrow_first_conv_keeps_its_bias_relu_and_pool_blocked():
+    # The 3-channel conv is blocked on its own (its input does not divide) and its output used
+    # to go back to NCHW for the bias add, the ReLU and the pool (a quarter of SqueezeNet 1.0's
+    # time in its stem); the per-channel bias is re-laid out instead, so nothing leaves the
+    # blocked layout between the two convs: feature-map transforms only at the input and output.
+    from rebirth_tvm.backend.kernels.layout import block_remaining_convs, blocked_layout, keep_slices_blocked
+
+    model = stem_model()
+    mod = relax_transform_fold(rebirth_tvm.load(model))
+    with tvm.target.Target("llvm"):
+        kept = keep_slices_blocked()(block_remaining_convs(16)(blocked_layout(16)(mod)))
+    assert data_transforms(kept) == 2, kept["main"]
+    built = check_against_onnxruntime(model)
+    assert built.kernels["blocked_conv"] == 2 and built.kernels["parallel_loops"] == 3, built.kernels  # in, pool, out
+
+
+def relax_transform_fold(mod):
+    from tvm import relax
+
+    return relax.transform.FoldConstant()(mod)
+
+
+def test_a_1000_class_conv_is_padded_instead_of_narrowing_the_network_block():
+    # 1000 output channels divide by 8, not 16: padding them to 1008 zero filters costs 0.8%
+    # more work in one conv; halving the block costs every conv half its vector width.
+    from rebirth_tvm.backend.kernels.layout import network_block
+
+    assert network_block(rebirth_tvm.load(stem_model(1000)), 16) == 16
+    assert network_block(rebirth_tvm.load(conv_model(16, 40, 9, 3)), 16) == 8  # 40 → 48 would be 20% more
+    built = check_against_onnxruntime(stem_model(1000))
+    assert built.kernels["channel_block"] == 16

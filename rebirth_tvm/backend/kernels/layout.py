@@ -70,19 +70,31 @@ def network_block(mod: tvm.IRModule, widest: int) -> int:
     a fifth of its time in transforms); halving the vector costs the compute-bound convs less.
     """
     work = _conv_work(mod)
-    total = sum(w for w, _ in work)
+    total = sum(w for w, _, _ in work)
     block = widest
     while block > MIN_BLOCK and total:
-        covered = sum(w for w, channels in work if all(c % block == 0 for c in channels))
+        covered = sum(w for w, channels, paddable in work
+                      if all(c % block == 0 or (c == channels[-1] and paddable and _cheap_to_pad(c, block)) for c in channels))
         if covered >= BLOCK_COVERAGE * total:
             break
         block //= 2
     return block
 
 
-def _conv_work(mod: tvm.IRModule) -> list[tuple[int, tuple[int, ...]]]:
-    """(multiply-adds, the channels a block must divide) for each conv2d of ``mod`` with static
-    shapes; a conv with fewer than :data:`MIN_BLOCK` input channels counts its outputs only."""
+#: output channels padded with zero filters up to a multiple of the block when this adds at
+#: most this share of work (a 1000-class conv: 1008 filters with blocks of 16)
+MAX_PADDING = 1 / 16
+
+
+def _cheap_to_pad(channels: int, block: int) -> bool:
+    return channels > block and (-(-channels // block) * block - channels) <= MAX_PADDING * channels
+
+
+def _conv_work(mod: tvm.IRModule) -> list[tuple[int, tuple[int, ...], bool]]:
+    """(multiply-adds, the channels a block must divide, whether the output channels can be
+    padded) for each conv2d of ``mod`` with static shapes; a conv with fewer than
+    :data:`MIN_BLOCK` input channels counts its outputs only. Output channels can be padded where
+    the weights are constant (:class:`_BlockRemaining` adds zero filters and slices them off)."""
     found = []
 
     def visit(expr):
@@ -93,7 +105,8 @@ def _conv_work(mod: tvm.IRModule) -> list[tuple[int, tuple[int, ...]]]:
             return
         (_, in_channels, _, _), (_, per_group, kh, kw), (_, out_channels, oh, ow) = shapes
         macs = out_channels * oh * ow * per_group * kh * kw
-        found.append((macs, (out_channels,) if in_channels < MIN_BLOCK else (in_channels, out_channels)))
+        paddable = isinstance(expr.args[1], tvm.ir.GenericConst) and int(expr.attrs.groups) == 1
+        found.append((macs, (out_channels,) if in_channels < MIN_BLOCK else (in_channels, out_channels), paddable))
 
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
@@ -436,6 +449,18 @@ def _is_scalar_constant(expr) -> bool:
     return isinstance(expr, tvm.ir.GenericConst) and int(np.prod(expr.value.shape)) == 1
 
 
+def _blocked_channel_constant(expr, shape: list[int] | None, c: int):
+    """A constant of shape ``(1, C, 1, 1)`` broadcast over an NCHW ``shape`` with ``C`` channels,
+    as ``(1, C / c, 1, 1, c)`` for the ``NCHW{c}c`` layout; None for anything else."""
+    if not isinstance(expr, tvm.ir.GenericConst) or shape is None or len(shape) != 4:
+        return None
+    value = expr.value.numpy()
+    channels = shape[1]
+    if value.shape != (1, channels, 1, 1) or channels % c:
+        return None
+    return relax.const(np.ascontiguousarray(value.reshape(1, channels // c, c, 1, 1).transpose(0, 1, 3, 4, 2)))
+
+
 @relax.expr_functor.mutator
 class _KeepSlicesBlocked(relax.PyExprMutator):
     UNARY = ("relax.nn.relu",)
@@ -486,6 +511,13 @@ class _KeepSlicesBlocked(relax.PyExprMutator):
             inner = [self._blocked(a) for a in args]
             if all(inner) and inner[0][1] == inner[1][1] and static_shape(args[0]) == static_shape(args[1]) == static_shape(call):
                 return self._unblocked(relax.Call(call.op, [i[0] for i in inner], call.attrs), inner[0][1])
+            # One side blocked, the other a per-channel constant (a conv's bias, a scale): the
+            # constant is re-laid out here, once (the narrow first conv's bias, ReLU and pool).
+            for side in (0, 1):
+                channelwise = _blocked_channel_constant(args[1 - side], static_shape(call), inner[side][1]) if inner[side] else None
+                if channelwise is not None:
+                    operands = [inner[side][0], channelwise] if side == 0 else [channelwise, inner[side][0]]
+                    return self._unblocked(relax.Call(call.op, operands, call.attrs), inner[side][1])
             return call
         if name in self.POOLS:
             inner = self._blocked(args[0])
