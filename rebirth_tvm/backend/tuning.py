@@ -131,6 +131,13 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
                 max_trials_per_task=max_trials_per_task, num_trials_per_iter=per_iter,
                 builder=builder, runner=runner, database=database, cost_model="xgb", measure_callbacks=callbacks,
             )
+            if target.is_cpu:
+                # The template's own choice is measured and recorded too, by the same runner: the
+                # build takes each kernel's fastest record, so a short tuning can only keep or beat
+                # the untuned schedule (random samples alone may never draw the default). After
+                # the search: an interrupted run leaves no task that holds only its default, which
+                # a rerun would take as tuned.
+                info["defaults_recorded"] = _record_defaults(missing, target.tvm, builder, runner, database)
         finally:
             if bar is not None:
                 bar.close()
@@ -139,6 +146,40 @@ def tune(mod: tvm.IRModule, target, trials: int, database_dir: str,
         info["measured_on"] = f"RPC device {rpc}" if rpc else "this machine"
     info["seconds"] = round(time.perf_counter() - start, 2)
     return database, info
+
+
+def _record_defaults(tasks: list, target: tvm.target.Target, builder, runner, database) -> int:
+    """Build and time the blocked-conv template's default schedule of each task with the
+    tuner's own builder and runner, and commit it to ``database`` as a tuning record; returns how
+    many were recorded (a default that fails to build or run is left to the search)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
+
+    rule, scheduled = BlockedConv(), []
+    for task in tasks:
+        workload = task.dispatched[0]
+        sch = rule.apply(workload["main"], target, False)
+        if sch is not None:
+            scheduled.append((workload, sch))
+    if not scheduled:
+        return 0
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in scheduled])
+    ran, inputs = [], []
+    for (workload, sch), result in zip(scheduled, built):
+        if result.error_msg is None:
+            args = ms.arg_info.ArgInfo.from_prim_func(workload["main"])
+            ran.append((workload, sch, args))
+            inputs.append(ms.runner.RunnerInput(result.artifact_path, device_type="cpu" if target.kind.name == "llvm" else target.kind.name,
+                                                args_info=args))
+    recorded = 0
+    for (workload, sch, args), future in zip(ran, runner.run(inputs) if inputs else []):
+        result = future.result()
+        if result.error_msg is None and result.run_secs:
+            database.commit_tuning_record(ms.database.TuningRecord(
+                sch.trace, database.commit_workload(workload), list(result.run_secs), target, args))
+            recorded += 1
+    return recorded
 
 
 def _fused_for(target):
@@ -176,8 +217,8 @@ TRIALS_PER_CONV = 8
 def _template_space(target: tvm.target.Target):
     """MetaSchedule design space = the blocked-conv template with its tile sizes as choices
     (the untuned choice among them): tuning samples the template's own space, around the
-    default, instead of searching from scratch. (Random samples: with few trials the default
-    itself may go unmeasured, so a tuned conv is not guaranteed to beat it.)"""
+    default, instead of searching from scratch. Random samples may never draw the default
+    itself, so :func:`_record_defaults` measures it alongside."""
     from tvm.s_tir import meta_schedule as ms
 
     from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
