@@ -53,6 +53,11 @@ def energy_rank(singular_values: np.ndarray, energy: float) -> int:
     return int(min(len(power), np.searchsorted(kept, energy - 1e-12) + 1))
 
 
+def round_up_rank(rank: int, multiple: int, channels: int) -> int:
+    """``rank`` rounded up to a multiple of ``multiple``, at most ``channels``."""
+    return min(channels, -(-rank // multiple) * multiple)
+
+
 def mode_singular_values(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Singular values of the output-channel and input-channel unfoldings of an OIHW kernel."""
     out_channels, in_channels = weight.shape[:2]
@@ -117,13 +122,18 @@ class TuckerDecompose(RelearnPass):
     ranks: ``{site name or glob: (rank_in, rank_out)}``; an int is a rank, a float in (0, 1] a
         fraction of the channels.
     allow_more_work: also decompose where the three convs need more MACs than the one.
+    rank_multiple: round energy-chosen ranks up to a multiple of this (capped at the channel
+        count). A kernel library that works on blocks of channels (the CPU kernels' ``NCHW16c``)
+        runs a rank it does not divide out of the blocked layout, between layout transforms; and
+        the block a network gets is the one its heavy convs divide, so ragged ranks can narrow it
+        for every conv. Ranks given in ``ranks`` are used as given.
     selector: e.g. :class:`rebirth_tvm.backend.site_latency.LatencySelector`: decompose only where it measures faster.
     """
 
     pass_name = "TuckerDecompose"
 
     def __init__(self, calibration=None, hook="lstsq", sites="all", energy: float = 0.9, ranks=None,
-                 allow_more_work: bool = False, selector=None, max_site_error: float | None = None):
+                 allow_more_work: bool = False, selector=None, max_site_error: float | None = None, rank_multiple: int = 1):
         if calibration is None:
             calibration = np.zeros((2, 1, 1, 1), np.float32)  # only full-rank (exact) sites need none
             self.has_calibration = False
@@ -132,14 +142,19 @@ class TuckerDecompose(RelearnPass):
         super().__init__(calibration, hook, sites, selector, max_site_error)
         if not 0 < energy <= 1:
             raise OptionError(f"energy must be in (0, 1], got {energy}")
+        if not isinstance(rank_multiple, (int, np.integer)) or rank_multiple < 1:
+            raise OptionError(f"rank_multiple must be a positive integer, got {rank_multiple!r}")
         self.energy, self.ranks, self.allow_more_work = energy, dict(ranks or {}), allow_more_work
+        self.rank_multiple = int(rank_multiple)
         self._factors: dict = {}
         self._ranks: dict = {}
+        self._energy_ranks: dict = {}
 
     def _reset_caches(self) -> None:
         super()._reset_caches()
         self._factors = {}  # keyed by site name: only valid within one module
         self._ranks = {}
+        self._energy_ranks = {}  # the energy's ranks where rank_multiple rounded them up
 
     def _ranks_for(self, name: str, weight: np.ndarray) -> tuple[int, int]:
         out_channels, in_channels = weight.shape[:2]
@@ -149,7 +164,11 @@ class TuckerDecompose(RelearnPass):
                     return max(1, int(round(r * full))) if isinstance(r, float) and r <= 1 else int(r)
                 return min(resolve(rank_in, in_channels), in_channels), min(resolve(rank_out, out_channels), out_channels)
         s_out, s_in = mode_singular_values(weight)
-        return energy_rank(s_in, self.energy), energy_rank(s_out, self.energy)
+        energy = energy_rank(s_in, self.energy), energy_rank(s_out, self.energy)
+        rounded = (round_up_rank(energy[0], self.rank_multiple, in_channels), round_up_rank(energy[1], self.rank_multiple, out_channels))
+        if rounded != energy:
+            self._energy_ranks[name] = energy
+        return rounded
 
     def find_sites(self, graph: FunctionGraph):
         for binding in graph.dataflow_bindings():
@@ -174,7 +193,9 @@ class TuckerDecompose(RelearnPass):
             before = conv_macs(out_shape, unit.weight.shape)
             after = tucker_macs(in_shape, out_shape[2:], unit.weight.shape[1], unit.weight.shape[0], rank_in, rank_out, kernel)
             if after >= before and not self.allow_more_work:
-                yield name, (f"ranks ({rank_in}, {rank_out}) of {unit.weight.shape[1]}→{unit.weight.shape[0]} channels would not save MACs "
+                rounded = (f" (the energy's {self._energy_ranks[name]} rounded up to multiples of {self.rank_multiple})"
+                           if name in self._energy_ranks else "")
+                yield name, (f"ranks ({rank_in}, {rank_out}){rounded} of {unit.weight.shape[1]}→{unit.weight.shape[0]} channels would not save MACs "
                              f"({before:,} → {after:,}); lower the energy or give ranks, or allow_more_work")
                 continue
             key = (name, rank_in, rank_out)
@@ -200,6 +221,8 @@ class TuckerDecompose(RelearnPass):
                   "channels": [int(unit.weight.shape[1]), int(unit.weight.shape[0])], "kernel": [int(k) for k in unit.weight.shape[2:]],
                   "stride": [int(s) for s in unit.conv.attrs.strides],
                   "macs_before": site.macs_before, "macs_after": site.macs_after, "weight_error": site.weight_error}
+        if site.name in self._energy_ranks:
+            detail["energy_ranks"] = list(self._energy_ranks[site.name])  # before rank_multiple rounded them up
         if site.exact:
             reason = f"full ranks ({rank_in}, {rank_out}): exact, kernel reconstruction error {site.weight_error:.2g}"
         else:

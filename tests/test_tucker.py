@@ -122,3 +122,31 @@ def test_a_pass_object_reused_on_another_model_decomposes_that_model():
     ref = onnxruntime_outputs(other, {"x": x})[0]
     assert np.max(np.abs(rebirth_tvm.build(out, "x86").run(x) - ref)) <= TOL * np.max(np.abs(ref))
     assert all(s.detail["weight_error"] < 1e-12 for s in tucker.sites)
+
+
+def test_energy_ranks_round_up_to_whole_channel_blocks():
+    # A rank the CPU kernels' channel block does not divide runs outside the blocked layout:
+    # rank_multiple rounds the energy's ranks up (capped at the channels); given ranks stay as given.
+    model = two_convs(channels=48)
+    calib = np.random.default_rng(4).standard_normal((12, 16, 16, 16)).astype(np.float32)
+    plain = TuckerDecompose(calib, energy=0.6)
+    plain(rebirth_tvm.load(model))
+    blocked = TuckerDecompose(calib, energy=0.6, rank_multiple=16)
+    blocked(rebirth_tvm.load(model))
+    ragged = {s.site: s.detail["ranks"] for s in plain.sites if s.status == "rewritten"}
+    rounded = {s.site: s.detail["ranks"] for s in blocked.sites if s.status == "rewritten"}
+    assert "conv2" in ragged and "conv2" in rounded
+    assert any(r % 16 for r in ragged["conv2"])  # the energy alone gives ragged ranks here
+    assert rounded["conv2"] == [min(48, -(-r // 16) * 16) for r in ragged["conv2"]]
+    assert {s.site: s.detail.get("energy_ranks") for s in blocked.sites if s.status == "rewritten"}["conv2"] == ragged["conv2"]
+    given = TuckerDecompose(calib, ranks={"conv2": (5, 7)}, rank_multiple=16)
+    given(rebirth_tvm.load(model))
+    assert {s.site: s.detail["ranks"] for s in given.sites if s.status == "rewritten"}["conv2"] == [5, 7]
+
+
+@pytest.mark.parametrize("bad", [0, -8, 2.5])
+def test_a_bad_rank_multiple_is_a_one_line_error(bad):
+    from rebirth_tvm.core.errors import OptionError
+
+    with pytest.raises(OptionError, match="rank_multiple must be a positive integer"):
+        TuckerDecompose(rank_multiple=bad)

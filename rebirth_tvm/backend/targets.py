@@ -171,6 +171,16 @@ class Target:
         return self.tvm.kind.name == "llvm"
 
     @property
+    def channel_block(self) -> int:
+        """Channels the target's conv kernels work on at once: the CPU kernels' vector block
+        (16 with AVX-512, 8 with AVX2, 4 on NEON); 1 where the build does not block channels."""
+        if not self.is_cpu:
+            return 1
+        from rebirth_tvm.backend.kernels.layout import block_size
+
+        return block_size(self.tvm)
+
+    @property
     def arch(self) -> str:
         """The native runner's architecture: ``host``, ``aarch64``, or ``cuda`` (no runner)."""
         return "cuda" if self.is_cuda else "aarch64" if self.is_aarch64 else "host"

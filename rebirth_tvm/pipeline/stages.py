@@ -248,8 +248,9 @@ def _relearn(job: Job, module, sibling_merge: bool):
                              allow_more_work=rebirth.allow_more_work, streamline=rebirth.streamline, selector=selector,
                              max_site_error=rebirth.max_site_error)(module)
         if rebirth.tucker is not None:
+            # Ranks in whole channel blocks: a ragged rank would run out of the kernels' blocked layout.
             module = TuckerDecompose(train, hook=hook, sites=rebirth.sites, energy=rebirth.tucker, selector=selector,
-                                     max_site_error=rebirth.max_site_error)(module)
+                                     max_site_error=rebirth.max_site_error, rank_multiple=options.target.channel_block)(module)
         if rebirth.refit_classifier:
             module = RefitClassifier(train, reference, hook=hook)(module)
         if rebirth.distill is not None:
