@@ -67,6 +67,8 @@ def check_against_onnxruntime(model):
     dict(in_ch=32, out_ch=20, size=9, kernel=3, pads=(1, 1, 1, 1)),                # 20 filters padded to 32, sliced back
     dict(in_ch=64, out_ch=1000, size=5, kernel=1),                                 # a 1000-class conv classifier
     dict(in_ch=32, out_ch=32, size=6, kernel=5, pads=(2, 2, 2, 2), relu=False, bias=False),
+    dict(in_ch=16, out_ch=32, size=24, kernel=3, pads=(1, 1, 1, 1)),             # 27-wide rows: 9 × 2 register tiles
+    dict(in_ch=16, out_ch=48, size=10, kernel=3, pads=(1, 1, 1, 1)),             # 13-wide rows: 13 × 1
 ])
 def test_conv_matches_onnxruntime(case):
     check_against_onnxruntime(conv_model(**case))
@@ -98,6 +100,18 @@ def test_block_size_follows_the_vector_width():
 
 def test_tile_width_divides_the_row_where_it_can():
     assert [tile_width(w) for w in (56, 28, 14, 7, 13, 5, 3)] == [8, 7, 7, 7, 8, 5, 3]
+
+
+def test_register_tiles_divide_the_row_and_hold_enough_accumulators():
+    from rebirth_tvm.backend.kernels.conv_nchwc import register_tile
+
+    # 32 registers (AVX-512, NEON): exact divisors with at least 8 accumulators, at most 20.
+    tiles = {w: register_tile(w, 4, 32) for w in (56, 55, 54, 28, 27, 14, 13, 7, 109, 3)}
+    assert tiles == {56: (8, 2), 55: (5, 2), 54: (9, 2), 28: (7, 2), 27: (9, 2), 14: (7, 2), 13: (13, 1), 7: (7, 2),
+                     109: (8, 2), 3: (3, 2)}  # 109 is prime: a partial tile; 3 cannot fill the registers
+    assert register_tile(27, 3, 32) == (9, 1)  # an odd count of channel blocks: one block per tile
+    # 16 registers (AVX2): the row tile as before, two blocks where they fit in half the registers.
+    assert [register_tile(w, 4, 16) for w in (56, 27, 7, 3)] == [(8, 1), (8, 1), (7, 1), (3, 2)]
 
 
 def test_rules_return_none_for_what_they_do_not_handle():
