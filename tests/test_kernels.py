@@ -527,3 +527,26 @@ def test_a_1000_class_conv_is_padded_instead_of_narrowing_the_network_block():
     assert network_block(rebirth_tvm.load(conv_model(16, 40, 9, 3)), 16) == 8  # 40 → 48 would be 20% more
     built = check_against_onnxruntime(stem_model(1000))
     assert built.kernels["channel_block"] == 16
+
+
+def test_arm_packed_dense_under_qemu_matches_the_x86_build():
+    # The packed dense on aarch64 (NEON: panels of 64 floats take 16 of its 32 registers), run by
+    # the native runner under qemu-aarch64, against the x86 build (itself checked above).
+    import shutil
+    import tempfile
+
+    from rebirth_tvm.backend import native
+
+    missing = [t for t in ("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64") if shutil.which(t) is None]
+    if missing and os.environ.get("CI") != "true":
+        pytest.skip(f"{', '.join(missing)} not installed")
+    model = dense_model(1, 200, 128)
+    arm = rebirth_tvm.build(rebirth_tvm.load(model), resolve_target("arm", cpu="cortex-a72"))
+    assert arm.kernels.get("packed_dense") == 1, arm.kernels
+    x = np.random.default_rng(2).standard_normal((1, 200)).astype(np.float32)
+    with tempfile.TemporaryDirectory() as work:
+        library = os.path.join(work, "model.so")
+        arm.export(library)
+        (out,), _ = native.run_library(library, [x], arch="aarch64", warmup=0, repeat=1)
+    ref = check_against_onnxruntime(model).run(x)
+    assert float(np.abs(out - ref).max()) / float(np.abs(ref).max()) <= native.VERIFY_TOLERANCE
