@@ -204,27 +204,32 @@ def test_arm_kernels_under_qemu_match_the_x86_build(case):
     # The aarch64 library itself (NEON blocks of 4), run by the native runner under
     # qemu-aarch64, against the x86 build of the same module (itself checked against
     # onnxruntime above): within the runner check's 1e-5.
+    arm = check_arm_build_under_qemu(conv_model(**case))
+    assert arm.kernels["channel_block"] == 4 and arm.kernels.get("plain_loops", 0) == 0
+
+
+def check_arm_build_under_qemu(model):
+    """Build ``model`` for aarch64, run the exported library under qemu with the native runner and
+    compare with the x86 build (checked against onnxruntime); returns the aarch64 build. Skips
+    without the cross tools, except on CI, where they are installed and a skip would hide a gap."""
     import shutil
+    import tempfile
 
     from rebirth_tvm.backend import native
 
     missing = [t for t in ("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64") if shutil.which(t) is None]
     if missing and os.environ.get("CI") != "true":
         pytest.skip(f"{', '.join(missing)} not installed")
-    model = conv_model(**case)
-    module = rebirth_tvm.load(model)
-    arm = rebirth_tvm.build(module, resolve_target("arm", cpu="cortex-a72"))
-    assert arm.kernels["channel_block"] == 4 and arm.kernels.get("plain_loops", 0) == 0
+    arm = rebirth_tvm.build(rebirth_tvm.load(model), resolve_target("arm", cpu="cortex-a72"))
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
-    import tempfile
-
     with tempfile.TemporaryDirectory() as work:
         library = os.path.join(work, "model.so")
         arm.export(library)
         (out,), _ = native.run_library(library, [x], arch="aarch64", warmup=0, repeat=1)
     ref = check_against_onnxruntime(model).run(x)
     assert float(np.abs(out - ref).max()) / float(np.abs(ref).max()) <= native.VERIFY_TOLERANCE
+    return arm
 
 
 def test_a_power_whose_exponent_is_not_a_scalar_is_left_alone():
@@ -532,21 +537,5 @@ def test_a_1000_class_conv_is_padded_instead_of_narrowing_the_network_block():
 def test_arm_packed_dense_under_qemu_matches_the_x86_build():
     # The packed dense on aarch64 (NEON: panels of 64 floats take 16 of its 32 registers), run by
     # the native runner under qemu-aarch64, against the x86 build (itself checked above).
-    import shutil
-    import tempfile
-
-    from rebirth_tvm.backend import native
-
-    missing = [t for t in ("cmake", "aarch64-linux-gnu-g++", "qemu-aarch64") if shutil.which(t) is None]
-    if missing and os.environ.get("CI") != "true":
-        pytest.skip(f"{', '.join(missing)} not installed")
-    model = dense_model(1, 200, 128)
-    arm = rebirth_tvm.build(rebirth_tvm.load(model), resolve_target("arm", cpu="cortex-a72"))
+    arm = check_arm_build_under_qemu(dense_model(1, 200, 128))
     assert arm.kernels.get("packed_dense") == 1, arm.kernels
-    x = np.random.default_rng(2).standard_normal((1, 200)).astype(np.float32)
-    with tempfile.TemporaryDirectory() as work:
-        library = os.path.join(work, "model.so")
-        arm.export(library)
-        (out,), _ = native.run_library(library, [x], arch="aarch64", warmup=0, repeat=1)
-    ref = check_against_onnxruntime(model).run(x)
-    assert float(np.abs(out - ref).max()) / float(np.abs(ref).max()) <= native.VERIFY_TOLERANCE
