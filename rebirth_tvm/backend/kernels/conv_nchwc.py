@@ -52,22 +52,21 @@ def register_tile(width: int, chunks: int, registers: int) -> tuple[int, int]:
     (``tile_w × oc_tile / (tile_w + oc_tile)``). A 27-wide row gets 9 × 2 instead of a partial
     8 × 2 (3 × 2 would leave too few accumulators); a 13-wide one 13 × 1.
     """
-    if registers < 32:
-        tile_w = tile_width(width)
-        return tile_w, 2 if 2 * tile_w <= registers // 2 and chunks % 2 == 0 else 1
-    budget = registers * 5 // 8
-    best = None
-    for oc_tile in ((2, 1) if chunks % 2 == 0 else (1,)):
-        for tile_w in range(1, min(width, budget // oc_tile) + 1):
-            if width % tile_w:
-                continue
-            accumulators = tile_w * oc_tile
-            score = (min(accumulators, ENOUGH_ACCUMULATORS), accumulators / (tile_w + oc_tile))
-            if best is None or score > best[0]:
-                best = (score, tile_w, oc_tile)
-    if best[0][0] >= 8:
-        return best[1], best[2]
-    tile_w = tile_width(width)  # no divisor gives enough accumulators (a prime row): a partial tile
+    if registers >= 32:
+        budget = registers * 5 // 8
+        best = None
+        for oc_tile in ((2, 1) if chunks % 2 == 0 else (1,)):
+            for tile_w in range(1, min(width, budget // oc_tile) + 1):
+                if width % tile_w:
+                    continue
+                accumulators = tile_w * oc_tile
+                score = (min(accumulators, ENOUGH_ACCUMULATORS), accumulators / (tile_w + oc_tile))
+                if best is None or score > best[0]:
+                    best = (score, tile_w, oc_tile)
+        if best[0][0] >= 8:
+            return best[1], best[2]
+        # no divisor gives enough accumulators (a prime row): a partial tile, as with 16 registers
+    tile_w = tile_width(width)
     return tile_w, 2 if 2 * tile_w <= registers // 2 and chunks % 2 == 0 else 1
 
 

@@ -23,7 +23,8 @@ from tvm import relax, s_tir, te
 from tvm.relax.transform.legalize_ops.linear_algebra import _matmul as default_matmul
 
 from rebirth_tvm.backend.kernels.base import InPlaceRule, extent, static_shape
-from rebirth_tvm.backend.kernels.conv_nchwc import consumer_chain
+from rebirth_tvm.backend.kernels.conv_nchwc import consumer_chain, vector_registers
+from rebirth_tvm.backend.kernels.layout import block_size
 
 #: the packed dense's compute block, which :class:`PackedDense` looks for
 DENSE_BLOCK = "dense_packed"
@@ -34,9 +35,6 @@ PANEL_WIDTHS = (64, 32, 16, 8)
 def max_accumulators(target: tvm.target.Target | None) -> int:
     """Floats a panel's accumulators may take: half the vector registers (the other half loads
     the weights), e.g. 256 with AVX-512, 64 with AVX2 or NEON."""
-    from rebirth_tvm.backend.kernels.conv_nchwc import vector_registers
-    from rebirth_tvm.backend.kernels.layout import block_size
-
     if target is None:
         return 64
     return vector_registers(target) * block_size(target) // 2
@@ -108,10 +106,9 @@ class PackedDense(InPlaceRule):
         panel, lane = sch.split(columns, [None, c])
         sch.reorder(panel, depth, rows, lane)
         sch.parallel(panel)
-        if consumers:
-            last = consumers[-1]
-            sch.reverse_compute_at(last, panel, preserve_unit_loops=True)
-            sch.vectorize(sch.get_loops(last)[-1])
+        last = consumers[-1]
+        sch.reverse_compute_at(last, panel, preserve_unit_loops=True)
+        sch.vectorize(sch.get_loops(last)[-1])
         init = sch.decompose_reduction(dense, depth)
         sch.vectorize(sch.get_loops(init)[-1])
         # The accumulator tile unrolled: LLVM keeps it in vector registers across the reduction.
