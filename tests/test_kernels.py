@@ -539,3 +539,26 @@ def test_arm_packed_dense_under_qemu_matches_the_x86_build():
     # the native runner under qemu-aarch64, against the x86 build (itself checked above).
     arm = check_arm_build_under_qemu(dense_model(1, 200, 128))
     assert arm.kernels.get("packed_dense") == 1, arm.kernels
+
+
+def test_a_split_becomes_one_slice_per_part():
+    from tvm import relax
+
+    from rebirth_tvm.backend.kernels.layout import split_as_slices
+
+    def module(parts):
+        x = relax.Var("x", relax.TensorType((1, 40, 5, 5), "float32"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                pieces = bb.emit(parts(x))
+                out = bb.emit_output(relax.op.add(relax.TupleGetItem(pieces, 0), relax.TupleGetItem(pieces, 1)))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    before = module(lambda x: relax.op.split(x, [8, 16], axis=1))
+    expected = module(lambda x: relax.Tuple([relax.op.strided_slice(x, axes=[1], begin=[lo], end=[hi])
+                                             for lo, hi in ((0, 8), (8, 16), (16, 40))]))
+    tvm.ir.assert_structural_equal(split_as_slices(before), expected)
+    even = module(lambda x: relax.op.split(x, 2, axis=1))  # sections by count: TVM's own
+    tvm.ir.assert_structural_equal(split_as_slices(even), even)

@@ -4,8 +4,9 @@ untuned build is fast (TVM 0.27's CPU pipeline schedules nothing: every kernel i
 :func:`cpu_pipeline` is the Relax pipeline :mod:`rebirth_tvm.backend.build` uses for x86 and
 arm: TVM's CPU pipeline with two additions —
 
-1. before legalization, the importer's clips become Relax ops again (:mod:`.lift`) and convs go
-   to the blocked layout (:mod:`.layout`; weights packed once);
+1. before legalization, the importer's clips become Relax ops again (:mod:`.lift`), a conv's
+   gradient convs (training modules) become a plain conv and a matmul (:mod:`.gradients`) and
+   convs go to the blocked layout (:mod:`.layout`; weights packed once);
 2. after fusion, every kernel gets a schedule from the first rule that takes it
    (:mod:`.conv_nchwc` for blocked convs, :mod:`.depthwise` for depthwise ones, :mod:`.dense`
    for small-batch dense layers, :mod:`.loops` for everything else); a tuning
@@ -28,9 +29,10 @@ from rebirth_tvm.backend.kernels.arith import strength_reduce_power
 from rebirth_tvm.backend.kernels.conv_nchwc import BlockedConv
 from rebirth_tvm.backend.kernels.dense import PackedDense, legalize_matmul
 from rebirth_tvm.backend.kernels.depthwise import DepthwiseConv
+from rebirth_tvm.backend.kernels.gradients import rewrite_conv_gradients
 from rebirth_tvm.backend.kernels.layout import (block_remaining_convs, block_size, blocked_layout, legalize_conv2d,
                                                keep_slices_blocked, legalize_layout_transform, network_block,
-                                               split_grouped_convs)
+                                               split_as_slices, split_grouped_convs)
 from rebirth_tvm.backend.kernels.lift import lift_clip_bounds
 from rebirth_tvm.backend.kernels.loops import ParallelLoops
 
@@ -90,7 +92,8 @@ def fused_kernels(target: tvm.target.Target, counts: KernelCounts | None = None)
     @tvm.transform.module_pass(opt_level=0, name="RebirthFusedKernels")
     def fused(mod: tvm.IRModule, ctx) -> tvm.IRModule:
         with target:
-            mod = tvm.transform.Sequential([lift_clip_bounds, strength_reduce_power, split_grouped_convs,
+            mod = tvm.transform.Sequential([lift_clip_bounds, strength_reduce_power, rewrite_conv_gradients, split_as_slices,
+                                            split_grouped_convs,
                                             relax.transform.FoldConstant()])(mod)  # the weight slices of split convs
             block = network_block(mod, block_size(target))
             if counts is not None:

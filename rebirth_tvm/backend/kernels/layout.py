@@ -390,6 +390,33 @@ def legalize_layout_transform(bb: relax.BlockBuilder, call: relax.Call) -> relax
                           [relax.TensorType(index_map.map_shape(list(args[0].ty.shape)), "bool")])
 
 
+@relax.expr_functor.mutator
+class _SplitAsSlices(relax.PyExprMutator):
+    def visit_call_(self, op):
+        call = super().visit_call_(op)
+        if not isinstance(call.op, tvm.ir.Op) or call.op.name != "relax.split":
+            return call
+        shape = static_shape(call.args[0])
+        sections = call.attrs.indices_or_sections
+        if shape is None or isinstance(sections, (int, tvm.tirx.IntImm)):
+            return call  # equal sections of a symbolic or uneven size: left to TVM
+        axis = int(call.attrs.axis) % len(shape)
+        bounds = [0, *(int(i) for i in sections), shape[axis]]
+        return relax.Tuple([relax.op.strided_slice(call.args[0], axes=[axis], begin=[lo], end=[hi])
+                             for lo, hi in zip(bounds[:-1], bounds[1:])])
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitAsSlices")
+def split_as_slices(mod: tvm.IRModule, ctx) -> tvm.IRModule:
+    """``split`` at given indices → one ``strided_slice`` per part (the same values).
+
+    ``ConvertLayout`` carries a blocked layout into ``split`` and then fails on it in the
+    gradient of a concat (``relax.transform.Gradient`` writes it as a channel split): the module
+    no longer builds. It handles slices (each goes back to NCHW), and :func:`keep_slices_blocked`
+    keeps those on block boundaries blocked."""
+    return rewrite_functions(mod, _SplitAsSlices(mod))
+
+
 def keep_slices_blocked() -> tvm.transform.Pass:
     """Channel slices on block boundaries, and what follows them, stay in the blocked layout.
 
