@@ -68,6 +68,8 @@ def test_experiment_grid_and_variant_names():
     assert parse_variant("both/lstsq/1000+distill4").name == "both/lstsq/1000+distill4"
     assert parse_variant("both/lstsq/1000+drop1+distill").name == "both/lstsq/1000+distill20+drop1"
     assert parse_variant("both/lstsq/1000+distill20+modules") == Variant("both", "lstsq", 1000, distill=20, modules=True)
+    assert parse_variant("both/lstsq/1000+latency+distill20") == Variant("both", "lstsq", 1000, distill=20, latency=True)
+    assert parse_variant("both/lstsq/1000+latency+distill20").name == "both/lstsq/1000+distill20+latency"
     assert parse_variant("both/lstsq/1000+modules+distill20").name == "both/lstsq/1000+distill20+modules"
     with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):
         parse_variant("all/lstsq/10")
