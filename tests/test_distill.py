@@ -308,3 +308,62 @@ def test_a_model_without_class_logits_is_refused_in_one_line():
     images = np.zeros((4, 2, 6, 6), np.float32)
     with pytest.raises(RebirthError, match=r"distillation matches class logits; this model's output is \(1, 3, 6, 6\)"):
         distill(bb.get(), bb.get(), images, images, set())
+
+
+def test_a_batched_step_is_the_sum_of_the_one_input_steps():
+    # Distillation runs a step's inputs in one call of a module rebuilt for that many inputs:
+    # its loss and gradients must be the sums of the model's own one-input ones.
+    _register_missing_gradients()
+    mod = small_classifier()  # float64: the sums compare tightly
+    func = mod["main"]
+    weights, emit = lift_weights(func, set())
+    features, boundary = classifier_input(func).name, concat_name(mod)
+    points = [(features, 0.25), (boundary, 0.1)]
+
+    def gradients(batch):
+        training = _training_module(func, weights, emit, temperature=3.0, points=points, batch=batch)
+        grad = relax.transform.Gradient("loss", require_grads=list(training["loss"].params[4:]))(training)
+        return relax.VirtualMachine(tvm.compile(grad, target=tvm.target.Target("llvm")), tvm.cpu())["loss_adjoint"]
+
+    r = np.random.default_rng(2)
+    x = r.standard_normal((4, 2, 6, 6))
+    soft = softmax(r.standard_normal((4, 4)), 3.0)
+    target_features, target_boundary = r.standard_normal((4, 6)), r.standard_normal((4, 6, 6, 6))
+    tensors = [tvm.runtime.tensor(w) for w, _ in weights]
+    together = gradients(4)(*(tvm.runtime.tensor(a) for a in (x, soft, target_features, target_boundary)), *tensors)
+    one = gradients(None)
+    apart = [one(*(tvm.runtime.tensor(a[i:i + 1]) for a in (x, soft, target_features, target_boundary)), *tensors) for i in range(4)]
+    assert float(together[0].numpy()) == pytest.approx(sum(float(o[0].numpy()) for o in apart), rel=1e-10)
+    for k, adjoint in enumerate(together[1]):
+        np.testing.assert_allclose(adjoint.numpy(), sum(o[1][k].numpy() for o in apart), rtol=1e-9, atol=1e-12)
+
+
+def test_distillation_runs_a_whole_step_per_call():
+    teacher_mod, student_mod, damaged, train, held = damaged_student()
+    options = DistillOptions(epochs=2, batch=8, lr=3e-3, feature_weight=0.0, module_weight=0.0, warmup=0.0)
+    _, summary = distill(student_mod, teacher_mod, train, held, {damaged}, options)
+    assert summary["inputs_per_call"] == 8 and summary["after"]["objective"] < summary["before"]["objective"]
+
+
+def test_a_model_that_cannot_take_more_inputs_per_call_is_distilled_one_at_a_time():
+    # Its reshape folds the channels into the leading dimension: rebuilt for 8 inputs it no
+    # longer builds, so distillation says so and runs one input per call, as the model does.
+    def model(scale):
+        x = relax.Var("x", relax.TensorType((1, 2, 6, 6), "float32"))
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                conv = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, relax.const(scale * np.linspace(-1, 1, 6, dtype=np.float32).reshape(3, 2, 1, 1)))))
+                rows = bb.emit(relax.op.reshape(conv, (3, 36)))
+                pooled = bb.emit(relax.op.reshape(relax.op.mean(rows, axis=[1]), (1, 3)))
+                out = bb.emit_output(relax.op.matmul(pooled, relax.const(np.linspace(-2, 2, 12, dtype=np.float32).reshape(3, 4))))
+            bb.emit_func_output(out)
+        return bb.get()
+
+    r = np.random.default_rng(0)
+    train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
+    said = []
+    _, summary = distill(model(0.7), model(1.0), train, held, set(), DistillOptions(epochs=1, batch=8, feature_weight=0.0, module_weight=0.0),
+                         log=said.append)
+    assert summary["inputs_per_call"] == 1
+    assert any("8 inputs per call" in line and "one input per call" in line for line in said), said

@@ -107,9 +107,16 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
     if not weights:
         raise RebirthError("fine-tuning: the model has no weight constants to train")
 
-    def emit(bb, data, weight_vars, capture=None):
+    model_batch = _leading_dim(func.params[0])
+
+    def emit(bb, data, weight_vars, capture=None, batch=None):
         """``main``'s bindings on ``data``; returns the output, or ``(output, what capture
-        became)`` when ``capture`` (a variable of ``main``, or a list of them) is given."""
+        became)`` when ``capture`` (a variable of ``main``, or a list of them) is given.
+
+        ``batch``: ``data`` holds this many inputs instead of the model's batch; a literal
+        shape whose leading dimension is the model's batch (a flatten's reshape), in a call
+        whose first argument leads with the batch, is given the new one. A model that mixes
+        its inputs some other way fails to build or gives other values: callers check."""
         from rebirth_tvm.core.graph import substitute
 
         remap = {func.params[0]: data}
@@ -117,10 +124,18 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
         def rebuild(expr):
             return substitute(expr, remap)
 
+        def rebatched(call, arg):
+            if batch is None or batch == model_batch or not isinstance(arg, relax.ShapeExpr) or not arg.values \
+                    or not isinstance(arg.values[0], tvm.tirx.IntImm) or int(arg.values[0]) != model_batch \
+                    or _leading_dim(call.args[0]) != model_batch:
+                return arg
+            return relax.ShapeExpr([batch, *list(arg.values)[1:]])
+
         for i, binding in enumerate(bindings):
             value = binding.value
             if isinstance(value, relax.Call):
-                args = [weight_vars[slots[(i, j)]] if (i, j) in slots else rebuild(a) for j, a in enumerate(value.args)]
+                args = [weight_vars[slots[(i, j)]] if (i, j) in slots else rebatched(value, rebuild(a))
+                        for j, a in enumerate(value.args)]
                 value = relax.Call(value.op, args, value.attrs, value.ty_args)
             else:
                 value = rebuild(value)
@@ -131,6 +146,13 @@ def lift_weights(func: relax.Function, regenerated: set[str]):
         return out, ([remap[v] for v in capture] if isinstance(capture, (list, tuple)) else remap[capture])
 
     return weights, emit
+
+
+def _leading_dim(expr) -> int | None:
+    shape = getattr(getattr(expr, "ty", None), "shape", None)
+    if shape is None or len(shape) == 0 or not isinstance(shape[0], tvm.tirx.IntImm):
+        return None
+    return int(shape[0])
 
 
 def _weight_vars(weights):
