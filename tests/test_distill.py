@@ -123,13 +123,20 @@ def test_distillation_brings_a_damaged_student_back_towards_the_teacher_without_
     assert summary["epochs_run"] >= 1 and summary["fast_tensors"] >= 3  # the site's conv and bias, the classifier
 
 
-def test_a_distillation_that_diverges_keeps_the_weights_it_started_from():
+def diverging_distillation(epochs: int):
+    """A slightly damaged student distilled at a rate (50) that makes every epoch worse, with
+    patience 1: ``(the returned module, summary, the student, the held-out inputs)``."""
     teacher_mod = small_classifier(dtype="float32")
     student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.05, seed=3)
     r = np.random.default_rng(5)
     train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
     out, summary = distill(student_mod, teacher_mod, train, held, {damaged},
-                           DistillOptions(epochs=2, batch=4, lr=50.0, rest_scale=1.0, patience=1, warmup=0.0))
+                           DistillOptions(epochs=epochs, batch=4, lr=50.0, rest_scale=1.0, patience=1, warmup=0.0))
+    return out, summary, student_mod, held
+
+
+def test_a_distillation_that_diverges_keeps_the_weights_it_started_from():
+    out, summary, student_mod, held = diverging_distillation(epochs=2)
     assert summary["best_epoch"] == 0 and summary["after"] == {k: summary["before"][k] for k in ("objective", "agreement")}
     np.testing.assert_allclose(run_main(out, held), run_main(student_mod, held), rtol=1e-6)
 
@@ -138,12 +145,7 @@ def test_patience_counts_only_once_the_rate_has_decayed():
     # Diverging on every epoch, with patience 1: the epochs near the peak rate do not count
     # (the objective often rises there before it falls), so it stops at the first epoch that
     # ends with the rate at half its peak or below: the end of epoch 3 of 6.
-    teacher_mod = small_classifier(dtype="float32")
-    student_mod, damaged = perturbed(teacher_mod, "site_conv", scale=0.05, seed=3)
-    r = np.random.default_rng(5)
-    train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
-    _, summary = distill(student_mod, teacher_mod, train, held, {damaged},
-                         DistillOptions(epochs=6, batch=4, lr=50.0, rest_scale=1.0, patience=1, warmup=0.0))
+    _, summary, _, _ = diverging_distillation(epochs=6)
     assert summary["best_epoch"] == 0 and summary["epochs_run"] == 3
 
 
