@@ -242,7 +242,9 @@ class RelearnPass:
             detail={"pattern": site.pattern, "kernel": list(g.kernel), "stride": list(g.stride), "padding": list(g.padding),
                     "input_shape": in_shape, "output_shape": [int(d) for d in out_shape],
                     "macs_before": site.macs_before, "macs_after": conv_macs(out_shape, expected),
-                    "new_bindings": new_bindings, **result.detail},
+                    "new_bindings": new_bindings, **result.detail,
+                    # a chain: the site whose new conv this block starts with (it needs that site)
+                    **({"builds_on": self._emitted[site.unit.conv_var.name]} if site.unit.conv_var.name in self._emitted else {})},
         )
 
     def targets_for(self, site: RelearnSite, inputs: np.ndarray) -> np.ndarray:

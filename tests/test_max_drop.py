@@ -30,8 +30,18 @@ def test_a_zero_budget_puts_back_sites_until_the_held_out_predictions_agree(clas
     assert result.report["fidelity"]["top1_agreement"] == 1.0
     put_back = {s["site"]: s for s in result.report["sites"] if s["site"] in selection["put_back"]}
     assert put_back and all(s["status"] == "refused" and "put back by --max-drop 0" in s["reason"] for s in put_back.values())
-    # Each trial measured what it kept; the chosen one is within the budget.
-    assert any(t["drop_points"] <= 0.0 for t in selection["trials"])
+    assert_kept_sites_were_measured_within_the_budget(selection)
+
+
+def assert_kept_sites_were_measured_within_the_budget(selection):
+    """What is kept was one trial, measured within the budget (or nothing relearned is kept:
+    the exact network)."""
+    budget = selection["budget_points"]
+    if selection["kept"]:
+        chosen = [t for t in selection["trials"] if t["sites"] == len(selection["kept"]) and t["drop_points"] <= budget]
+        assert chosen and selection["final_drop_points"] == chosen[-1]["drop_points"], selection
+    else:
+        assert selection["final_drop_points"] == 0.0, selection
 
 
 def test_a_budget_the_sites_already_meet_puts_nothing_back(classifier):
@@ -51,3 +61,20 @@ def test_max_drop_without_rebirth_is_one_line(tmp_path, cli):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "--max-drop only apply with --rebirth" in lines[0], proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_with_distillation_the_trials_after_recovery_decide_and_nothing_kept_stays_exact(classifier):
+    from rebirth_tvm.relearn.distill import DistillOptions
+
+    result = compile_model(classifier, rebirth=RebirthOptions(calib=CALIB, max_drop=0.0, distill=DistillOptions(epochs=2, batch=8)))
+    fidelity = result.report["fidelity"]
+    selection = fidelity["max_drop"]
+    assert selection["drop_all_sites_points"] > 0, selection  # before recovery the budget has work to do
+    after = [t for t in selection["trials"] if t["after_recovery"]]
+    assert "recovery" in selection and after and after[0]["trial"] == "every site, after recovery"
+    # A chain site is measured with the site it builds on (the stem: LRN into the pool merge's conv).
+    assert selection["builds_on"]["norm1"] == "pool1"
+    assert any(t["trial"] == "only norm1 (with pool1)" for t in after)
+    assert_kept_sites_were_measured_within_the_budget(selection)
+    if not selection["kept"]:  # the exact network: no distilled weight reaches it
+        assert "distill" not in fidelity and fidelity["top1_agreement"] == 1.0
