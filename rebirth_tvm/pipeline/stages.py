@@ -196,19 +196,22 @@ def rewrite_relearned(job: Job, exact: Rewrite | None = None) -> Relearned:
     sibling_merge = options.passes == "exact" and options.merge_parallel
     if exact is None:
         exact = rewrite_exact(job, merge_parallel=False)
-    selection = recovered = None
+    selection = None
     if rebirth.max_drop is not None:
-        job, selection, recovered = _sites_within_budget(job, exact.module, sibling_merge)
-    module, sites, relearn_seconds, finetuned, distilled = _relearn(job, exact.module, sibling_merge, recovered)
+        job, selection = _sites_within_budget(job, exact.module, sibling_merge)
+    module, sites, relearn_seconds, finetuned, distilled = _relearn(job, exact.module, sibling_merge)
     built = build(module, options.target)
     fidelity = held_out_fidelity(job, host_build_for(built, module))
     if selection is not None:
         put_back = set(selection["put_back"])
-        cost = selection["site_cost_points"]
-        after = " after recovery" if recovered is not None else ""
-        sites = [dataclasses.replace(s, reason=f"put back by --max-drop {rebirth.max_drop:g}: alone it cost {cost[s.site]:g} points of "
-                                               f"held-out agreement{after}, and with it the cheaper sites went over the budget")
-                 if s.site in put_back else s for s in sites]
+        cost, builds_on = selection["site_cost_points"], selection.get("builds_on", {})
+
+        def why(site: str) -> str:
+            alone = f"with {builds_on[site]}, which it builds on," if site in builds_on else "alone"
+            return (f"put back by --max-drop {rebirth.max_drop:g}: {alone} it cost {cost[site]:g} points of held-out agreement, "
+                    "and with it the cheaper sites went over the budget")
+
+        sites = [dataclasses.replace(s, reason=why(s.site)) if s.site in put_back else s for s in sites]
         selection["final_drop_points"] = round(100 * (1 - fidelity["top1_agreement"]), 2)
         fidelity["max_drop"] = selection
     fidelity.update({
@@ -224,26 +227,9 @@ def rewrite_relearned(job: Job, exact: Rewrite | None = None) -> Relearned:
     return Relearned(module, list(exact.sites) + sites, built, fidelity)
 
 
-@dataclass
-class Recovered:
-    """The network with every site reborn, distilled once (``--max-drop`` with ``--distill``):
-    its weights by place, and each relearned site's new bindings (see
-    :mod:`rebirth_tvm.relearn.transplant`)."""
-
-    weights: dict
-    new_bindings: dict
-    summary: dict
-
-    def skip_for(self, kept: set[str]) -> set[str]:
-        """The bindings not to carry into a network that reborns only ``kept``: those the other
-        sites put in (a merged conv may carry the name of the conv it replaced)."""
-        return {b for site, names in self.new_bindings.items() if site not in kept for b in names}
-
-
-def _relearn(job: Job, module, sibling_merge: bool, recovered: Recovered | None = None):
+def _relearn(job: Job, module, sibling_merge: bool):
     """Relearn ``job``'s sites on ``module`` (the exact rewrites without the sibling merge),
-    then recover: distillation, or with ``recovered`` the weights distilled once for every site
-    (its summary stands for the distillation), then labelled fine-tuning."""
+    then recover them: distillation, labelled fine-tuning."""
     from rebirth_tvm.passes import (DistributePoolOverConcat, MergeParallelConvs, Rebirth, RefitClassifier, TuckerDecompose,
                                     record_sites)
     from rebirth_tvm.relearn.hooks import resolve_hook
@@ -273,13 +259,7 @@ def _relearn(job: Job, module, sibling_merge: bool, recovered: Recovered | None 
                                      max_site_error=rebirth.max_site_error, rank_multiple=options.target.channel_block)(module)
         if rebirth.refit_classifier:
             module = RefitClassifier(train, reference, hook=hook)(module)
-        if recovered is not None:
-            from rebirth_tvm.relearn.transplant import with_recovered_weights
-
-            kept = {s.site for s in sites if s.status == "rewritten" and not s.exact}
-            module, _ = with_recovered_weights(module, recovered.weights, recovered.skip_for(kept))
-            distilled = recovered.summary
-        elif rebirth.distill is not None:
+        if rebirth.distill is not None:
             from rebirth_tvm.relearn.distill import classifier_input, distill
 
             regenerated = {b for s in sites if s.status == "rewritten" and not s.exact for b in s.detail.get("new_bindings", [])}
@@ -305,47 +285,43 @@ def _relearn(job: Job, module, sibling_merge: bool, recovered: Recovered | None 
 SELECTABLE_PASSES = ("Rebirth", "TuckerDecompose")
 
 
-def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, dict, Recovered | None]:
+def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, dict]:
     """``--max-drop POINTS``: the most sites whose rebirth keeps the held-out top-1 agreement with
     the original within ``POINTS`` of 100%, chosen by what each site costs the task.
 
-    1. Every site relearned (per-site fits only): within the budget, all are kept.
-    2. With ``--distill``, the network with every site reborn is distilled once, and what
-       follows is measured *after recovery*: a trial is that network with the put-back sites'
-       original blocks restored and everything else keeping its recovered weights
-       (:mod:`rebirth_tvm.relearn.transplant`). Distilling each trial instead would cost minutes
-       apiece; measured this way, the chosen trial is exactly the network that is shipped.
-       Without ``--distill`` the trials are measured on the per-site fits.
-    3. Each site's own cost is measured: the agreement drop with only that site reborn.
-    4. Sites are added cheapest first (ties: the most MACs saved first), and the longest such
+    1. Every site relearned: within the budget, all are kept.
+    2. Otherwise each site's own cost is measured: the agreement drop with only that site reborn
+       (a chain site, such as an LRN merged into the conv a pool merge made, with the site it
+       builds on: it exists only with it).
+    3. Sites are added cheapest first (ties: the most MACs saved first), and the longest such
        prefix whose measured drop is within the budget is kept (a binary search over its length;
-       every candidate set is built and measured, so what is kept was measured within it).
+       every candidate set is relearned and measured, so what is kept was measured within it).
 
-    Drops are measured on the held-out calibration inputs (a fifth of them, never fitted on,
-    though distillation stops early on them): with 200 of them, one image is half a point.
-    Returns the job with those sites selected, what was measured, and the recovered weights the
-    final network takes (``None`` without ``--distill``: distillation, if any, runs on the
-    chosen set).
+    Drops are measured on the held-out calibration inputs (a fifth of them, never fitted on):
+    with 200 of them, one image is half a point. The slow recovery steps (distillation,
+    fine-tuning) run once, on the chosen set; distillation only gains on its held-out objective.
+    Measuring the trials after recovery without distilling each one does not work: restoring
+    some sites' original blocks in a network distilled with every site reborn costs far more
+    than the per-site fits do (fashion_googlenet: 3 to 54 points a site against 0 to 11), since
+    distillation adapts every weight to every other site. Returns the job with the chosen sites
+    selected (nothing relearned kept: no recovery either, the network stays exact) and what was
+    measured.
     """
     rebirth = job.options.rebirth
     quick = dataclasses.replace(rebirth, distill=None, finetune=None, max_drop=None)
     budget = rebirth.max_drop
     trials = []
     references = held_out_references(job)  # the same for every trial
-    recovered = None
 
     def trial(selection, what: str):
         trial_job = dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(quick, sites=selection)))
-        trial_module, records, _, _, _ = _relearn(trial_job, module, sibling_merge, recovered)
+        trial_module, records, _, _, _ = _relearn(trial_job, module, sibling_merge)
         fidelity = held_out_fidelity(job, build(trial_module, "x86"), references)
         drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
         relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
-        trials.append({"trial": what, "sites": len(relearned), "drop_points": drop, "after_recovery": recovered is not None})
+        trials.append({"trial": what, "sites": len(relearned), "drop_points": drop})
         _log(f"--max-drop {budget:g}: {what}: {len(relearned)} sites relearned, held-out agreement drop {drop:g} points")
         return drop, relearned, records
-
-    def selected(sites):
-        return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(rebirth, sites=sites)))
 
     drop_all, relearned, records = trial(rebirth.sites, "every site")
     # The exact rewrites the merges build on (a pool moved into the branches, whose parts then
@@ -355,19 +331,8 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
                  "measured_on": f"top-1 agreement with the original on the {len(job.calibration.held_out)} held-out calibration inputs"}
     names = [r.site for r in relearned]
     if drop_all <= budget:
-        return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}}, None
-    if rebirth.distill is not None:
-        _log(f"--max-drop {budget:g}: distilling the network with every site reborn once; the trials after it are measured "
-             "after recovery")
-        recovered = _recover_every_site(job, module)
-        selection["recovery"] = "every site reborn and distilled once; each trial restores its put-back sites' original blocks"
-        drop_all = trial(rebirth.sites, "every site, after recovery")[0]
-        selection["drop_all_sites_after_recovery_points"] = drop_all
-        if drop_all <= budget:
-            return selected(rebirth.sites), {**selection, "kept": names, "put_back": [], "site_cost_points": {}}, recovered
+        return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}}
     saved = {r.site: r.detail.get("macs_before", 0) - r.detail.get("macs_after", 0) for r in relearned}
-    # A chain site (an LRN merged into the conv a pool merge made) exists only with the site it
-    # builds on: it is measured, and kept, with that site.
     builds_on = {r.site: r.detail["builds_on"] for r in relearned if r.detail.get("builds_on") in saved}
 
     def with_bases(sites):
@@ -390,28 +355,14 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
             best, low, kept = m, m + 1, [r.site for r in relearned]
         else:
             high = m - 1
-    # What the chosen trial relearned is kept (a prefix's chain sites bring their bases); a site
-    # that trial did not relearn is put back, or keeps its own refusal if it was in the prefix.
+    # What the chosen trial relearned is kept (a prefix's chain sites bring their bases).
     prefix = with_bases(order[:best])
-    put_back = [n for n in order if n not in prefix]
-    selection.update({"kept": kept, "put_back": put_back, "site_cost_points": cost, "builds_on": builds_on,
-                      "not_relearned": [n for n in prefix if n not in kept]})
-    if not kept:  # the exact network: nothing relearned to recover (distilled weights would change it, unmeasured)
-        job = dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(rebirth, distill=None)))
-        return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=dataclasses.replace(
-            job.options.rebirth, sites=exact + prefix))), selection, None
-    return selected(exact + prefix), selection, recovered
-
-
-def _recover_every_site(job: Job, module) -> Recovered:
-    """The job's network with every site reborn, distilled (no fine-tuning), as :class:`Recovered`."""
-    rebirth = dataclasses.replace(job.options.rebirth, finetune=None, max_drop=None)
-    every = dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=rebirth))
-    distilled, records, _, _, summary = _relearn(every, module, sibling_merge=False)
-    from rebirth_tvm.relearn.transplant import recovered_weights
-
-    new_bindings = {r.site: set(r.detail.get("new_bindings", [])) for r in records if r.status == "rewritten" and not r.exact}
-    return Recovered(recovered_weights(distilled), new_bindings, summary)
+    selection.update({"kept": kept, "put_back": [n for n in order if n not in prefix], "site_cost_points": cost,
+                      "builds_on": builds_on})
+    chosen = dataclasses.replace(rebirth, sites=exact + prefix)
+    if not kept:  # the exact network: nothing relearned to recover
+        chosen = dataclasses.replace(chosen, distill=None, finetune=None)
+    return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=chosen)), selection
 
 
 def _log(message: str) -> None:
