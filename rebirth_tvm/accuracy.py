@@ -57,6 +57,8 @@ class Variant:
     max_drop: float | None = None  # put back the sites that cost more than this (points of held-out agreement)
     modules: bool = False  # distillation also matches every module boundary (module reconstruction)
     latency: bool = False  # only the sites whose rewrite measures faster on this machine (--select latency)
+    cover: bool = False  # merged convs grow to the pool's receptive field, even where that adds MACs (capacity);
+    #                      this needs allow_more_work, which also makes the reduce merges
 
     @property
     def name(self) -> str:
@@ -64,7 +66,7 @@ class Variant:
         return (f"{self.ablation}/{self.hook}/{self.calib_images}" + (f"+finetune{lr}" if self.finetune else "")
                 + (f"+tucker{self.tucker:g}" if self.tucker else "") + (f"+max{self.max_site_error:g}" if self.max_site_error else "") + ("+refit" if self.refit else "")
                 + (f"+distill{self.distill}" if self.distill else "") + ("+modules" if self.modules else "")
-                + (f"+drop{self.max_drop:g}" if self.max_drop is not None else "") + ("+latency" if self.latency else ""))
+                + (f"+drop{self.max_drop:g}" if self.max_drop is not None else "") + ("+latency" if self.latency else "") + ("+cover" if self.cover else ""))
 
 
 def default_grid(hooks=("lstsq", "sgd"), counts=(100, 1000, 10000), finetune: bool = False, tucker: float | None = None) -> list[Variant]:
@@ -122,7 +124,8 @@ def run_variant(variant: Variant, test_images: np.ndarray, test_labels: np.ndarr
     hook = STUDY_HOOKS[variant.hook]() if variant.hook in STUDY_HOOKS else variant.hook
     options = RebirthOptions(calib=calib, hook=hook, branches=branches, streamline=streamline, finetune=finetune,
                              tucker=variant.tucker, max_site_error=variant.max_site_error, refit_classifier=variant.refit,
-                             distill=distill, max_drop=variant.max_drop, select="latency" if variant.latency else "all")
+                             distill=distill, max_drop=variant.max_drop, select="latency" if variant.latency else "all",
+                             **(dict(pool_kernel="cover", branch_pool_kernel="cover", allow_more_work=True) if variant.cover else {}))
     start = time.perf_counter()
     result = compile_model(MODEL, target="x86", rebirth=options)
     seconds = time.perf_counter() - start
@@ -301,7 +304,7 @@ def main(argv=None) -> int:
                                 epilog=cli.EXIT_CODES_HELP)
     parser.add_argument("--hooks", default="lstsq,sgd", help="built-in hooks to compare (default lstsq,sgd)")
     parser.add_argument("--calib-counts", default="100,1000,10000", help="unlabelled calibration images for the sweep (default 100,1000,10000)")
-    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS][+modules]][+dropPOINTS][+latency],... "
+    parser.add_argument("--variants", default=None, help="instead of the grid: ABLATION/HOOK/COUNT[+finetune[LR]][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS][+modules]][+dropPOINTS][+latency][+cover],... "
                         "e.g. both/lstsq/1000,both/lstsq/1000+max0.2+refit+distill; HOOK lstsq-nohinge is the fit before the hinge targets")
     parser.add_argument("--append", action="store_true", help="add the variants to the results already in --out (a variant of the same name is replaced) instead of starting anew")
     parser.add_argument("--finetune", action="store_true", help="also fine-tune the first hook's 1,000-image variant with labels (the paper's step)")
@@ -373,19 +376,19 @@ def parse_variant(text: str) -> Variant:
         try:
             if key and extra != key:
                 numbers[key] = float(extra[len(key):])
-            elif extra not in ("finetune", "refit", "distill", "modules", "latency"):
+            elif extra not in ("finetune", "refit", "distill", "modules", "latency", "cover"):
                 valid = False
         except ValueError:
             valid = False
     if "modules" in extras and not any(e.startswith("distill") for e in extras):
         valid = False
     if not valid:
-        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS][+modules]][+dropPOINTS][+latency] "
+        raise RebirthError(f"variant {text!r}: use ABLATION/HOOK/COUNT[+finetune][+tuckerENERGY][+maxREL_MSE][+refit][+distill[EPOCHS][+modules]][+dropPOINTS][+latency][+cover] "
                            f"with ABLATION one of {', '.join(ABLATIONS)}")
     distill = int(numbers["distill"]) if "distill" in numbers else (DistillOptions().epochs if "distill" in extras else 0)
     return Variant(parts[0], parts[1], int(parts[2]), any(e.startswith("finetune") for e in extras), numbers.get("tucker"),
                    numbers.get("max"), "refit" in extras, numbers.get("finetune", 0.01), distill, numbers.get("drop"), "modules" in extras,
-                   "latency" in extras)
+                   "latency" in extras, "cover" in extras)
 
 
 if __name__ == "__main__":

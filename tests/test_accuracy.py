@@ -71,6 +71,8 @@ def test_experiment_grid_and_variant_names():
     assert parse_variant("both/lstsq/1000+latency+distill20") == Variant("both", "lstsq", 1000, distill=20, latency=True)
     assert parse_variant("both/lstsq/1000+latency+distill20").name == "both/lstsq/1000+distill20+latency"
     assert parse_variant("both/lstsq/1000+modules+distill20").name == "both/lstsq/1000+distill20+modules"
+    assert parse_variant("both/lstsq/1000+cover+distill20") == Variant("both", "lstsq", 1000, distill=20, cover=True)
+    assert parse_variant("both/lstsq/1000+cover+distill20").name == "both/lstsq/1000+distill20+cover"
     with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):
         parse_variant("all/lstsq/10")
     with pytest.raises(RebirthError, match="ABLATION/HOOK/COUNT"):

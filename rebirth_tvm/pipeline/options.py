@@ -44,7 +44,7 @@ class RebirthOptions:
     finetune: optional labelled fine-tuning of the whole reborn network
         (:class:`rebirth_tvm.relearn.finetune.FinetuneOptions`; the paper's last step).
     max_drop: keep the most sites whose rebirth keeps the held-out top-1 agreement with the
-        original within this many points of 100% (the sites relearned least accurately are put
+        original within this many points of 100% (the sites that cost the most alone are put
         back first); measured on the held-out calibration inputs.
     distill: optional end-to-end distillation without labels after the relearned rewrites
         (:class:`rebirth_tvm.relearn.distill.DistillOptions`): the reborn network learns the

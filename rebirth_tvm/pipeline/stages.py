@@ -212,7 +212,17 @@ def rewrite_relearned(job: Job, exact: Rewrite | None = None) -> Relearned:
                     "and with it the cheaper sites went over the budget")
 
         sites = [dataclasses.replace(s, reason=why(s.site)) if s.site in put_back else s for s in sites]
+        # A put-back site that exists only on its base's new conv (a decomposition of a merge's
+        # conv) is not even found in the final run: it still gets its line in the report.
+        from rebirth_tvm.passes import REFUSED, SiteRecord
+
+        recorded = {s.site for s in sites}
+        sites += [SiteRecord(selection["passes"][name], name, REFUSED, why(name), exact=False)
+                  for name in selection["put_back"] if name not in recorded]
         selection["final_drop_points"] = round(100 * (1 - fidelity["top1_agreement"]), 2)
+        # What ships (a latency selector re-times each run, so it can differ from the trial's).
+        selection["kept"] = list(dict.fromkeys(s.site for s in sites if s.status == "rewritten" and not s.exact
+                                               and s.pass_name in SELECTABLE_PASSES))
         fidelity["max_drop"] = selection
     fidelity.update({
         "calibration": job.calibration.description,
@@ -259,7 +269,12 @@ def _relearn(job: Job, module, sibling_merge: bool):
                                      max_site_error=rebirth.max_site_error, rank_multiple=options.target.channel_block)(module)
         if rebirth.refit_classifier:
             module = RefitClassifier(train, reference, hook=hook)(module)
-        if rebirth.distill is not None:
+        # Recovery trains the network towards the original: with no merge or decomposition
+        # relearned there is nothing to recover, and training would only move an exact network.
+        recover = any(s.status == "rewritten" and not s.exact and s.pass_name in SELECTABLE_PASSES for s in sites)
+        if not recover and (rebirth.distill is not None or rebirth.finetune is not None):
+            _log("no merge or decomposition was relearned: nothing to recover, so no distillation or fine-tuning")
+        if rebirth.distill is not None and recover:
             from rebirth_tvm.relearn.distill import classifier_input, distill
 
             regenerated = {b for s in sites if s.status == "rewritten" and not s.exact for b in s.detail.get("new_bindings", [])}
@@ -270,7 +285,7 @@ def _relearn(job: Job, module, sibling_merge: bool):
             module, distilled = distill(module, reference, train, job.calibration.held_out, regenerated,
                                         options_, log=_log, compiler=compile_for_host, site_outputs=site_outputs)
         relearn_seconds = time.perf_counter() - start
-        if rebirth.finetune is not None:
+        if rebirth.finetune is not None and recover:
             from rebirth_tvm.relearn.finetune import finetune
 
             # The relearned sites' own bindings get the higher rate (each record lists them).
@@ -304,8 +319,8 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
     some sites' original blocks in a network distilled with every site reborn costs far more
     than the per-site fits do (fashion_googlenet: 3 to 54 points a site against 0 to 11), since
     distillation adapts every weight to every other site. Returns the job with the chosen sites
-    selected (nothing relearned kept: no recovery either, the network stays exact) and what was
-    measured.
+    selected and what was measured (with nothing relearned kept, no recovery runs: the network is
+    the exact one, with the classifier refit if asked for).
     """
     rebirth = job.options.rebirth
     quick = dataclasses.replace(rebirth, distill=None, finetune=None, max_drop=None)
@@ -319,7 +334,7 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
         fidelity = held_out_fidelity(job, build(trial_module, "x86"), references)
         drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
         relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
-        trials.append({"trial": what, "sites": len(relearned), "drop_points": drop})
+        trials.append({"trial": what, "sites": len(relearned), "relearned": [r.site for r in relearned], "drop_points": drop})
         _log(f"--max-drop {budget:g}: {what}: {len(relearned)} sites relearned, held-out agreement drop {drop:g} points")
         return drop, relearned, records
 
@@ -329,11 +344,14 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
     exact = [r.site for r in records if r.status == "rewritten" and r.exact]
     selection = {"budget_points": budget, "drop_all_sites_points": drop_all, "trials": trials,
                  "measured_on": f"top-1 agreement with the original on the {len(job.calibration.held_out)} held-out calibration inputs"}
-    names = [r.site for r in relearned]
+    names = list(dict.fromkeys(r.site for r in relearned))  # a merge and a Tucker site may share a name
+    builds_on = _chains(relearned)
     if drop_all <= budget:
-        return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}}
-    saved = {r.site: r.detail.get("macs_before", 0) - r.detail.get("macs_after", 0) for r in relearned}
-    builds_on = {r.site: r.detail["builds_on"] for r in relearned if r.detail.get("builds_on") in saved}
+        return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}, "builds_on": builds_on}
+    selection["passes"] = {r.site: r.pass_name for r in relearned}
+    saved = dict.fromkeys(names, 0)
+    for r in relearned:
+        saved[r.site] += r.detail.get("macs_before", 0) - r.detail.get("macs_after", 0)
 
     def with_bases(sites):
         chosen = list(sites)
@@ -360,9 +378,22 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
     selection.update({"kept": kept, "put_back": [n for n in order if n not in prefix], "site_cost_points": cost,
                       "builds_on": builds_on})
     chosen = dataclasses.replace(rebirth, sites=exact + prefix)
-    if not kept:  # the exact network: nothing relearned to recover
-        chosen = dataclasses.replace(chosen, distill=None, finetune=None)
     return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=chosen)), selection
+
+
+def _chains(relearned) -> dict[str, str]:
+    """Each chain site → the site it builds on: one whose block starts with a conv another site
+    put in. Within a pass the record says so (``builds_on``); across passes the site is named
+    after that conv (a Tucker site on a conv a merge made), one of the other site's
+    ``new_bindings``."""
+    names = {r.site for r in relearned}
+    emitted = {b: r.site for r in relearned for b in r.detail.get("new_bindings", [])}
+    chains = {}
+    for r in relearned:
+        base = r.detail.get("builds_on") or emitted.get(r.site)
+        if base in names and base != r.site:
+            chains[r.site] = base
+    return chains
 
 
 def _log(message: str) -> None:
