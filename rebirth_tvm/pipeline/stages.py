@@ -335,7 +335,7 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
         drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
         relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
         trials.append({"trial": what, "sites": len(relearned), "relearned": [r.site for r in relearned], "drop_points": drop})
-        _log(f"--max-drop {budget:g}: {what}: {len(relearned)} sites relearned, held-out agreement drop {drop:g} points")
+        _log(f"--max-drop {budget:g}: {what}: {len(relearned)} site{'' if len(relearned) == 1 else 's'} relearned, held-out agreement drop {drop:g} points")
         return drop, relearned, records
 
     drop_all, relearned, records = trial(rebirth.sites, "every site")
