@@ -221,8 +221,7 @@ def rewrite_relearned(job: Job, exact: Rewrite | None = None) -> Relearned:
                   for name in selection["put_back"] if name not in recorded]
         selection["final_drop_points"] = round(100 * (1 - fidelity["top1_agreement"]), 2)
         # What ships (a latency selector re-times each run, so it can differ from the trial's).
-        selection["kept"] = list(dict.fromkeys(s.site for s in sites if s.status == "rewritten" and not s.exact
-                                               and s.pass_name in SELECTABLE_PASSES))
+        selection["kept"] = list(dict.fromkeys(s.site for s in relearned_merges(sites)))
         fidelity["max_drop"] = selection
     fidelity.update({
         "calibration": job.calibration.description,
@@ -271,7 +270,7 @@ def _relearn(job: Job, module, sibling_merge: bool):
             module = RefitClassifier(train, reference, hook=hook)(module)
         # Recovery trains the network towards the original: with no merge or decomposition
         # relearned there is nothing to recover, and training would only move an exact network.
-        recover = any(s.status == "rewritten" and not s.exact and s.pass_name in SELECTABLE_PASSES for s in sites)
+        recover = bool(relearned_merges(sites))
         if not recover and (rebirth.distill is not None or rebirth.finetune is not None):
             _log("no merge or decomposition was relearned: nothing to recover, so no distillation or fine-tuning")
         if rebirth.distill is not None and recover:
@@ -298,6 +297,12 @@ def _relearn(job: Job, module, sibling_merge: bool):
 
 #: passes whose sites ``--max-drop`` chooses among (the classifier refit is not a merge: it stays)
 SELECTABLE_PASSES = ("Rebirth", "TuckerDecompose")
+
+
+def relearned_merges(records) -> list:
+    """The records of relearned merges and decompositions (the sites ``--max-drop`` chooses
+    among, and what recovery has to recover)."""
+    return [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
 
 
 def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, dict]:
@@ -333,7 +338,7 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
         trial_module, records, _, _, _ = _relearn(trial_job, module, sibling_merge)
         fidelity = held_out_fidelity(job, build(trial_module, "x86"), references)
         drop = round(100 * (1 - fidelity["top1_agreement"]), 2)
-        relearned = [r for r in records if r.status == "rewritten" and not r.exact and r.pass_name in SELECTABLE_PASSES]
+        relearned = relearned_merges(records)
         trials.append({"trial": what, "sites": len(relearned), "relearned": [r.site for r in relearned], "drop_points": drop})
         _log(f"--max-drop {budget:g}: {what}: {len(relearned)} site{'' if len(relearned) == 1 else 's'} relearned, held-out agreement drop {drop:g} points")
         return drop, relearned, records
@@ -347,7 +352,7 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
     names = list(dict.fromkeys(r.site for r in relearned))  # a merge and a Tucker site may share a name
     builds_on = _chains(relearned)
     if drop_all <= budget:
-        return job, {**selection, "kept": names, "put_back": [], "site_cost_points": {}, "builds_on": builds_on}
+        return job, {**selection, "put_back": [], "site_cost_points": {}, "builds_on": builds_on}
     selection["passes"] = {r.site: r.pass_name for r in relearned}
     saved = dict.fromkeys(names, 0)
     for r in relearned:
@@ -365,18 +370,16 @@ def _sites_within_budget(job: Job, module, sibling_merge: bool) -> tuple[Job, di
         group = with_bases([name])
         cost[name] = trial(exact + group, f"only {name}" + (f" (with {', '.join(group[1:])})" if len(group) > 1 else ""))[0]
     order = sorted(names, key=lambda n: (cost[n], -saved[n]))
-    best, low, high, kept = 0, 1, len(order), []
+    prefix, low, high = [], 1, len(order)
     while low <= high:  # the longest cheapest-first prefix measured within the budget
         m = (low + high) // 2
-        drop, relearned, _ = trial(exact + with_bases(order[:m]), f"cheapest {m}")
-        if drop <= budget:
-            best, low, kept = m, m + 1, [r.site for r in relearned]
+        candidate = with_bases(order[:m])  # a prefix's chain sites bring their bases
+        if trial(exact + candidate, f"cheapest {m}")[0] <= budget:
+            prefix, low = candidate, m + 1
         else:
             high = m - 1
-    # What the chosen trial relearned is kept (a prefix's chain sites bring their bases).
-    prefix = with_bases(order[:best])
-    selection.update({"kept": kept, "put_back": [n for n in order if n not in prefix], "site_cost_points": cost,
-                      "builds_on": builds_on})
+    # ``kept`` is filled in by rewrite_relearned: what the final run relearned.
+    selection.update({"put_back": [n for n in order if n not in prefix], "site_cost_points": cost, "builds_on": builds_on})
     chosen = dataclasses.replace(rebirth, sites=exact + prefix)
     return dataclasses.replace(job, options=dataclasses.replace(job.options, rebirth=chosen)), selection
 
