@@ -18,8 +18,12 @@ calibration images the user already gave. Here:
   module is matched on its own output with its inputs from the reborn network below (errors
   from below included, as BRECQ-style block reconstruction does), jointly with the rest rather
   than one module at a time, so one gradient module serves every block;
-* **weights**: every float weight of the network; the relearned sites' own (their records'
-  ``new_bindings``) and the classifier at the full rate, the others at ``rest_scale`` of it;
+* **weights**: every float weight of the network, at one rate by default. The relearned sites'
+  own (their records' ``new_bindings``) and the classifier always get the full rate; the others
+  get ``rest_scale`` of it. The layers around a merge are what can make up for what it cannot
+  compute, so they learn as fast as the merge itself. On fashion_googlenet with every site reborn
+  (40 epochs), a rest rate of a tenth reached 87.10% top-1 and the full rate 87.51%; at a rate of
+  3e-3 instead of 1e-3, 87.96%;
 * **optimiser**: Adam, its rate rising linearly over the first ``warmup`` of the steps and then
   decaying on a cosine, over mini-batches of per-sample gradients from
   ``relax.transform.Gradient`` (the model's batch is 1), compiled by the caller's ``compiler``
@@ -57,9 +61,9 @@ class DistillOptions:
 
     epochs: int = 20
     batch: int = 16
-    lr: float = 1e-3
+    lr: float = 3e-3
     warmup: float = 0.1
-    rest_scale: float = 0.1
+    rest_scale: float = 1.0
     temperature: float = 4.0
     logit_weight: float = 1.0
     feature_weight: float = 1.0
