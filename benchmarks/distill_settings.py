@@ -1,0 +1,165 @@
+"""Distillation settings side by side on one reborn network: which recipe recovers the most.
+
+``python -m rebirth_tvm.accuracy`` reruns the whole pipeline per variant. To compare
+distillation's own settings (rates, epochs, weight averaging, augmentation) this runs the
+pipeline's per-site fits once on ``fashion_googlenet`` with every site reborn, captures what the
+pipeline hands to distillation, and distils that same network once per setting. Each result is
+scored on the 10,000 test images (top-1, agreement with the teacher) and on the images it was
+distilled on (agreement), which tells a data limit (high on its own images, low on the test
+set) from an optimisation or capacity limit (low on both).
+
+    python benchmarks/distill_settings.py --setting epochs=40,lr=0.001,rest_scale=0.1 \\
+        --setting epochs=40 --out benchmarks/results/recovery
+
+Each ``--setting`` is ``NAME=VALUE,...`` over :class:`~rebirth_tvm.relearn.distill.DistillOptions`
+(the defaults for what it does not name). Writes ``distill_settings.{json,md}`` under ``--out``
+(``--append`` adds to what is there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+
+def parse_setting(text: str) -> dict:
+    from rebirth_tvm.core.errors import RebirthError
+    from rebirth_tvm.relearn.distill import DistillOptions
+
+    fields = {f.name: f.type for f in dataclasses.fields(DistillOptions)}
+    setting = {}
+    for part in filter(None, text.split(",")):
+        name, _, value = part.partition("=")
+        if name not in fields or not value:
+            raise RebirthError(f"--setting {text!r}: use NAME=VALUE,... with NAME one of {', '.join(fields)}")
+        kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}[str(fields[name])]
+        try:
+            setting[name] = kind(value)
+        except ValueError:
+            raise RebirthError(f"--setting {text!r}: {name} takes a number, not {value!r}") from None
+    DistillOptions(**setting)  # bad values: the options' own one-line errors
+    return setting
+
+
+@contextlib.contextmanager
+def captured_distillation():
+    """Within it, the pipeline's call to ``distill`` is recorded and skipped (the module is
+    returned unchanged): the list it yields then holds the call's arguments."""
+    import rebirth_tvm.relearn.distill as distillation
+
+    calls, real = [], distillation.distill
+
+    def record(mod, teacher, train, held_out, regenerated, options, log=None, compiler=None, site_outputs=frozenset()):
+        calls.append(dict(mod=mod, teacher=teacher, train=train, held_out=held_out, regenerated=regenerated,
+                          compiler=compiler, site_outputs=site_outputs))
+        return mod, {"skipped": True}
+
+    distillation.distill = record
+    try:
+        yield calls
+    finally:
+        distillation.distill = real
+
+
+def predictions(mod, images: np.ndarray, compiler) -> np.ndarray:
+    import tvm
+    from tvm import relax
+
+    vm = relax.VirtualMachine(compiler(mod), tvm.cpu())
+    return np.array([int(np.argmax(vm["main"](tvm.runtime.tensor(images[i:i + 1])).numpy())) for i in range(len(images))])
+
+
+def study(settings: list[dict], calib_count: int, log=print) -> dict:
+    from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
+    from rebirth_tvm.pipeline import RebirthOptions, compile_model
+    from rebirth_tvm.relearn.distill import DistillOptions, distill
+
+    train_images, _ = fashion_mnist("train")
+    calib = as_inputs(train_images[:calib_count])
+    with captured_distillation() as calls:
+        compile_model("fashion_googlenet", target="x86", rebirth=RebirthOptions(calib=calib, distill=DistillOptions()))
+    call = calls[0]
+    test_images, labels = fashion_mnist("test")
+    test = as_inputs(test_images)
+    teacher_test = predictions(call["teacher"], test, call["compiler"])
+    teacher_train = predictions(call["teacher"], call["train"], call["compiler"])
+    result = {"model": "fashion_googlenet", "sites": "every site reborn", "calibration_images": calib_count,
+              "distilled_on": len(call["train"]), "held_out": len(call["held_out"]), "test_images": len(test),
+              "teacher_top1": float(np.mean(teacher_test == labels)), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "date": time.strftime("%Y-%m-%d"), "rows": []}
+    for setting in settings:
+        options = DistillOptions(**setting)
+        start = time.perf_counter()
+        mod, summary = distill(call["mod"], call["teacher"], call["train"], call["held_out"], call["regenerated"], options,
+                               log=log, compiler=call["compiler"], site_outputs=call["site_outputs"])
+        seconds = time.perf_counter() - start
+        student_test = predictions(mod, test, call["compiler"])
+        row = {"setting": setting, "options": dataclasses.asdict(options), "top1": float(np.mean(student_test == labels)),
+               "agreement": float(np.mean(student_test == teacher_test)),
+               "own_images_agreement": float(np.mean(predictions(mod, call["train"], call["compiler"]) == teacher_train)),
+               "held_out_agreement": summary["after"]["agreement"], "best_epoch": summary["best_epoch"],
+               "epochs_run": summary["epochs_run"], "seconds": round(seconds, 1)}
+        row["top1_change_points"] = round(100 * (row["top1"] - result["teacher_top1"]), 2)
+        log(f"{describe(setting)}: top-1 {row['top1']:.2%} ({row['top1_change_points']:+.2f}), agreement {row['agreement']:.2%}, "
+            f"on its own images {row['own_images_agreement']:.2%}, {row['seconds']} s")
+        result["rows"].append(row)
+    return result
+
+
+def describe(setting: dict) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()) or "defaults"
+
+
+def markdown(results: list[dict]) -> str:
+    lines = ["# Distillation settings on fashion_googlenet, every site reborn", "",
+             "Each row distils the same reborn network (per-site fits done once); top-1 and agreement on the "
+             "10,000 test images, and agreement on the images it was distilled on.", "",
+             "| date | images | setting | rate, rest | top-1 | Δ points | agreement | on its own images | held-out | best / run epochs | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for result in results:
+        for row in result["rows"]:
+            rates = f"{row['options']['lr']:g}, {row['options']['rest_scale']:g}×"
+            lines.append(f"| {result['date']} | {result['calibration_images']:,} | {describe(row['setting'])} | {rates} | {row['top1']:.2%} | "
+                         f"{row['top1_change_points']:+.2f} | {row['agreement']:.2%} | {row['own_images_agreement']:.2%} | "
+                         f"{row['held_out_agreement']:.1%} | {row['best_epoch']} / {row['epochs_run']} | {row['seconds']} |")
+    teacher = results[-1]["teacher_top1"] if results else float("nan")
+    return "\n".join(lines + ["", f"Teacher top-1 {teacher:.2%}; {results[-1]['machine'] if results else ''}.", ""])
+
+
+def main(argv=None) -> int:
+    from rebirth_tvm.core.errors import RebirthError
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE,... of DistillOptions (repeat)")
+    parser.add_argument("--calib-count", type=int, default=1000)
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", "recovery"))
+    parser.add_argument("--append", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        settings = [parse_setting(text) for text in args.setting] or [{}]
+        path = os.path.join(args.out, "distill_settings.json")
+        earlier = json.load(open(path)) if args.append and os.path.exists(path) else []
+        result = study(settings, args.calib_count)
+    except RebirthError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    results = earlier + [result]
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "distill_settings.md"), "w") as f:
+        f.write(markdown(results))
+    print(markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

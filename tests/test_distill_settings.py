@@ -1,0 +1,42 @@
+"""benchmarks/distill_settings.py: its settings are checked where they enter, its table reads
+what was measured. (The study itself runs fashion_googlenet for minutes; it is not run here.)"""
+
+import importlib.util
+import os
+
+import pytest
+
+from rebirth_tvm.core.errors import RebirthError
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "distill_settings.py")
+_spec = importlib.util.spec_from_file_location("distill_settings", _PATH)
+distill_settings = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(distill_settings)
+
+
+def test_a_setting_names_distillation_options_with_their_types():
+    assert distill_settings.parse_setting("epochs=40,lr=0.001,rest_scale=0.1,augment=0") == \
+        {"epochs": 40, "lr": 0.001, "rest_scale": 0.1, "augment": False}
+    assert distill_settings.parse_setting("") == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("speed=2", "NAME one of epochs"),
+    ("lr=", "NAME one of"),
+    ("epochs=four", "epochs takes a number"),
+    ("epochs=0", "--distill-epochs must be 1 or more"),
+    ("rest_scale=2", "rest_scale in \\[0, 1\\]"),
+])
+def test_bad_settings_are_one_line_errors(text, message):
+    with pytest.raises(RebirthError, match=message):
+        distill_settings.parse_setting(text)
+
+
+def test_the_table_shows_each_row_with_the_rates_it_ran_at():
+    row = {"setting": {"epochs": 80}, "options": {"lr": 0.003, "rest_scale": 1.0}, "top1": 0.8833, "top1_change_points": -4.85,
+           "agreement": 0.9102, "own_images_agreement": 0.975, "held_out_agreement": 0.925, "best_epoch": 71, "epochs_run": 76,
+           "seconds": 331.6}
+    table = distill_settings.markdown([{"date": "2026-12-07", "calibration_images": 1000, "teacher_top1": 0.9318,
+                                        "machine": "x86_64, 2 cores", "rows": [row]}])
+    assert "| 2026-12-07 | 1,000 | epochs=80 | 0.003, 1× | 88.33% | -4.85 | 91.02% | 97.50% | 92.5% | 71 / 76 | 331.6 |" in table
+    assert "Teacher top-1 93.18%" in table
