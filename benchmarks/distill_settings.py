@@ -1,7 +1,7 @@
 """Distillation settings side by side on one reborn network: which recipe recovers the most.
 
 ``python -m rebirth_tvm.accuracy`` reruns the whole pipeline per variant. To compare
-distillation's own settings (rates, epochs, weight averaging, augmentation) this runs the
+distillation's own settings (rates, epochs, loss weights, augmentation) this runs the
 pipeline's per-site fits once on ``fashion_googlenet`` with every site reborn, captures what the
 pipeline hands to distillation, and distils that same network once per setting. Each result is
 scored on the 10,000 test images (top-1, agreement with the teacher) and on the images it was
@@ -34,19 +34,33 @@ def parse_setting(text: str) -> dict:
     from rebirth_tvm.core.errors import RebirthError
     from rebirth_tvm.relearn.distill import DistillOptions
 
-    fields = {f.name: f.type for f in dataclasses.fields(DistillOptions)}
+    # The field's type as written (a string under ``from __future__ import annotations``) or a class.
+    fields = {f.name: getattr(f.type, "__name__", f.type) for f in dataclasses.fields(DistillOptions)}
     setting = {}
-    for part in filter(None, text.split(",")):
-        name, _, value = part.partition("=")
-        if name not in fields or not value:
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = (piece.strip() for piece in part.partition("="))
+        if name not in fields:
             raise RebirthError(f"--setting {text!r}: use NAME=VALUE,... with NAME one of {', '.join(fields)}")
-        kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}[str(fields[name])]
-        try:
-            setting[name] = kind(value)
-        except ValueError:
-            raise RebirthError(f"--setting {text!r}: {name} takes a number, not {value!r}") from None
+        if name in setting:
+            raise RebirthError(f"--setting {text!r}: {name} is given twice")
+        setting[name] = _value(text, name, fields[name], value)
     DistillOptions(**setting)  # bad values: the options' own one-line errors
     return setting
+
+
+def _value(text: str, name: str, kind: str, value: str):
+    from rebirth_tvm.core.errors import RebirthError
+
+    if kind == "bool":
+        truth = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(value.lower())
+        if truth is None:
+            raise RebirthError(f"--setting {text!r}: {name} takes true or false, not {value!r}")
+        return truth
+    try:
+        return int(value) if kind == "int" else float(value)
+    except ValueError:
+        what = "a whole number" if kind == "int" else "a number"
+        raise RebirthError(f"--setting {text!r}: {name} takes {what}, not {value!r}") from None
 
 
 @contextlib.contextmanager
@@ -57,7 +71,7 @@ def captured_distillation():
 
     calls, real = [], distillation.distill
 
-    def record(mod, teacher, train, held_out, regenerated, options, log=None, compiler=None, site_outputs=frozenset()):
+    def record(mod, teacher, train, held_out, regenerated, *args, compiler=None, site_outputs=frozenset(), **kwargs):
         calls.append(dict(mod=mod, teacher=teacher, train=train, held_out=held_out, regenerated=regenerated,
                           compiler=compiler, site_outputs=site_outputs))
         return mod, {"skipped": True}
@@ -80,12 +94,15 @@ def predictions(mod, images: np.ndarray, compiler) -> np.ndarray:
 def study(settings: list[dict], calib_count: int, log=print) -> dict:
     from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
     from rebirth_tvm.pipeline import RebirthOptions, compile_model
+    from rebirth_tvm.core.errors import RebirthError
     from rebirth_tvm.relearn.distill import DistillOptions, distill
 
     train_images, _ = fashion_mnist("train")
     calib = as_inputs(train_images[:calib_count])
     with captured_distillation() as calls:
         compile_model("fashion_googlenet", target="x86", rebirth=RebirthOptions(calib=calib, distill=DistillOptions()))
+    if not calls:
+        raise RebirthError("the pipeline did not reach distillation (nothing relearned?): no network to distil")
     call = calls[0]
     test_images, labels = fashion_mnist("test")
     test = as_inputs(test_images)
@@ -93,7 +110,7 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
     teacher_train = predictions(call["teacher"], call["train"], call["compiler"])
     result = {"model": "fashion_googlenet", "sites": "every site reborn", "calibration_images": calib_count,
               "distilled_on": len(call["train"]), "held_out": len(call["held_out"]), "test_images": len(test),
-              "teacher_top1": float(np.mean(teacher_test == labels)), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+              "teacher_top1": float(np.mean(teacher_test == labels)), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "rows": []}
     for setting in settings:
         options = DistillOptions(**setting)
@@ -114,6 +131,18 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
     return result
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), or the machine's architecture."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.machine()
+
+
 def describe(setting: dict) -> str:
     return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in setting.items()) or "defaults"
 
@@ -124,14 +153,33 @@ def markdown(results: list[dict]) -> str:
              "10,000 test images, and agreement on the images it was distilled on.", "",
              "| date | images | setting | rate, rest | top-1 | Δ points | agreement | on its own images | held-out | best / run epochs | s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    machines = []
     for result in results:
+        machine = f"{result['date']}: teacher top-1 {result['teacher_top1']:.2%}, {result['machine']}"
+        if machine not in machines:
+            machines.append(machine)
         for row in result["rows"]:
             rates = f"{row['options']['lr']:g}, {row['options']['rest_scale']:g}×"
             lines.append(f"| {result['date']} | {result['calibration_images']:,} | {describe(row['setting'])} | {rates} | {row['top1']:.2%} | "
                          f"{row['top1_change_points']:+.2f} | {row['agreement']:.2%} | {row['own_images_agreement']:.2%} | "
                          f"{row['held_out_agreement']:.1%} | {row['best_epoch']} / {row['epochs_run']} | {row['seconds']} |")
-    teacher = results[-1]["teacher_top1"] if results else float("nan")
-    return "\n".join(lines + ["", f"Teacher top-1 {teacher:.2%}; {results[-1]['machine'] if results else ''}.", ""])
+    return "\n".join(lines + [""] + [f"- {m}" for m in machines] + [""])
+
+
+def _earlier(path: str) -> list:
+    """What ``--append`` adds to, checked before minutes of study."""
+    from rebirth_tvm.core.errors import RebirthError
+
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path) as f:
+            earlier = json.load(f)
+    except (OSError, ValueError) as err:
+        raise RebirthError(f"--append: cannot read {path}: {err}") from None
+    if not isinstance(earlier, list) or not all(isinstance(r, dict) and "rows" in r for r in earlier):
+        raise RebirthError(f"--append: {path} is not a list of this script's results")
+    return earlier
 
 
 def main(argv=None) -> int:
@@ -146,7 +194,7 @@ def main(argv=None) -> int:
     try:
         settings = [parse_setting(text) for text in args.setting] or [{}]
         path = os.path.join(args.out, "distill_settings.json")
-        earlier = json.load(open(path)) if args.append and os.path.exists(path) else []
+        earlier = _earlier(path) if args.append else []
         result = study(settings, args.calib_count)
     except RebirthError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -155,6 +203,7 @@ def main(argv=None) -> int:
     results = earlier + [result]
     with open(path, "w") as f:
         json.dump(results, f, indent=1)
+        f.write("\n")
     with open(os.path.join(args.out, "distill_settings.md"), "w") as f:
         f.write(markdown(results))
     print(markdown(results))

@@ -15,15 +15,19 @@ _spec.loader.exec_module(distill_settings)
 
 
 def test_a_setting_names_distillation_options_with_their_types():
-    assert distill_settings.parse_setting("epochs=40,lr=0.001,rest_scale=0.1,augment=0") == \
+    assert distill_settings.parse_setting("epochs=40, lr=0.001,rest_scale=0.1,augment=no") == \
         {"epochs": 40, "lr": 0.001, "rest_scale": 0.1, "augment": False}
+    assert distill_settings.parse_setting("augment=true") == {"augment": True}
     assert distill_settings.parse_setting("") == {}
 
 
 @pytest.mark.parametrize("text, message", [
     ("speed=2", "NAME one of epochs"),
-    ("lr=", "NAME one of"),
-    ("epochs=four", "epochs takes a number"),
+    ("lr=", "lr takes a number, not ''"),
+    ("epochs=four", "epochs takes a whole number"),
+    ("epochs=40.0", "epochs takes a whole number"),
+    ("augment=maybe", "augment takes true or false"),
+    ("lr=0.1,lr=0.2", "lr is given twice"),
     ("epochs=0", "--distill-epochs must be 1 or more"),
     ("rest_scale=2", "rest_scale in \\[0, 1\\]"),
 ])
@@ -39,4 +43,26 @@ def test_the_table_shows_each_row_with_the_rates_it_ran_at():
     table = distill_settings.markdown([{"date": "2026-12-07", "calibration_images": 1000, "teacher_top1": 0.9318,
                                         "machine": "x86_64, 2 cores", "rows": [row]}])
     assert "| 2026-12-07 | 1,000 | epochs=80 | 0.003, 1× | 88.33% | -4.85 | 91.02% | 97.50% | 92.5% | 71 / 76 | 331.6 |" in table
-    assert "Teacher top-1 93.18%" in table
+    assert "- 2026-12-07: teacher top-1 93.18%, x86_64, 2 cores" in table
+
+
+def test_the_capture_is_undone_even_when_the_pipeline_fails():
+    import rebirth_tvm.relearn.distill as distillation
+
+    real = distillation.distill
+    with pytest.raises(RuntimeError):
+        with distill_settings.captured_distillation() as calls:
+            assert distillation.distill is not real
+            distillation.distill("mod", "teacher", "train", "held", set(), "options", compiler="c", site_outputs={"s"})
+            raise RuntimeError("the pipeline failed")
+    assert distillation.distill is real
+    assert calls == [dict(mod="mod", teacher="teacher", train="train", held_out="held", regenerated=set(), compiler="c",
+                          site_outputs={"s"})]
+
+
+@pytest.mark.parametrize("content, message", [("{not json", "cannot read"), ("[1, 2]", "not a list of this script's results")])
+def test_append_refuses_a_file_it_did_not_write_before_studying(tmp_path, content, message):
+    (tmp_path / "distill_settings.json").write_text(content)
+    with pytest.raises(RebirthError, match=message):
+        distill_settings._earlier(str(tmp_path / "distill_settings.json"))
+    assert distill_settings._earlier(str(tmp_path / "absent.json")) == []
