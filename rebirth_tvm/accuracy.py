@@ -225,7 +225,10 @@ def _distilled(v: dict) -> str:
     if not summary:
         return "no"
     modules = f", {len(summary['module_boundaries'])} module boundaries" if summary.get("module_boundaries") else ""
-    return f"{summary['epochs_run']} epochs (best {summary['best_epoch']}){modules}"
+    # The rates changed on 2026-12-07 (every weight at 3e-3; before, 1e-3 with the rest at a
+    # tenth): a row says which it ran at, since --append keeps rows measured under either.
+    rates = f", rate {summary['lr']:g}, rest {summary['rest_scale']:g}×" if "lr" in summary and "rest_scale" in summary else ""
+    return f"{summary['epochs_run']} epochs (best {summary['best_epoch']}){modules}{rates}"
 
 
 def frontier(points: list[tuple[float, float]]) -> list[int]:
