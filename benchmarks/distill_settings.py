@@ -23,7 +23,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import platform
 import sys
 import time
 
@@ -94,6 +93,7 @@ def predictions(mod, images: np.ndarray, compiler) -> np.ndarray:
 def study(settings: list[dict], calib_count: int, log=print) -> dict:
     from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
     from rebirth_tvm.pipeline import RebirthOptions, compile_model
+    from rebirth_tvm.backend.measure import cpu_model
     from rebirth_tvm.core.errors import RebirthError
     from rebirth_tvm.relearn.distill import DistillOptions, distill
 
@@ -110,7 +110,7 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
     teacher_train = predictions(call["teacher"], call["train"], call["compiler"])
     result = {"model": "fashion_googlenet", "sites": "every site reborn", "calibration_images": calib_count,
               "distilled_on": len(call["train"]), "held_out": len(call["held_out"]), "test_images": len(test),
-              "teacher_top1": float(np.mean(teacher_test == labels)), "machine": f"{cpu_name()}, {os.cpu_count()} cores",
+              "teacher_top1": float(np.mean(teacher_test == labels)), "machine": f"{cpu_model()}, {os.cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "rows": []}
     for setting in settings:
         options = DistillOptions(**setting)
@@ -129,18 +129,6 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
             f"on its own images {row['own_images_agreement']:.2%}, {row['seconds']} s")
         result["rows"].append(row)
     return result
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), or the machine's architecture."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.machine()
 
 
 def describe(setting: dict) -> str:
