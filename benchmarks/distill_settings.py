@@ -28,11 +28,11 @@ import time
 
 import numpy as np
 
+from rebirth_tvm.core.errors import RebirthError
+from rebirth_tvm.relearn.distill import DistillOptions
+
 
 def parse_setting(text: str) -> dict:
-    from rebirth_tvm.core.errors import RebirthError
-    from rebirth_tvm.relearn.distill import DistillOptions
-
     # The field's type as written (a string under ``from __future__ import annotations``) or a class.
     fields = {f.name: getattr(f.type, "__name__", f.type) for f in dataclasses.fields(DistillOptions)}
     setting = {}
@@ -48,8 +48,6 @@ def parse_setting(text: str) -> dict:
 
 
 def _value(text: str, name: str, kind: str, value: str):
-    from rebirth_tvm.core.errors import RebirthError
-
     if kind == "bool":
         truth = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}.get(value.lower())
         if truth is None:
@@ -82,20 +80,26 @@ def captured_distillation():
         distillation.distill = real
 
 
-def predictions(mod, images: np.ndarray, compiler) -> np.ndarray:
+def classifier(mod, compiler):
+    """``top1(images)`` of ``mod`` built once by ``compiler`` (the pipeline's), one image per
+    call as deployed (:func:`rebirth_tvm.pipeline.evaluate.classify`)."""
+    import types
+
     import tvm
     from tvm import relax
 
+    from rebirth_tvm.pipeline.evaluate import classify
+
     vm = relax.VirtualMachine(compiler(mod), tvm.cpu())
-    return np.array([int(np.argmax(vm["main"](tvm.runtime.tensor(images[i:i + 1])).numpy())) for i in range(len(images))])
+    built = types.SimpleNamespace(run=lambda inputs: vm["main"](tvm.runtime.tensor(inputs)).numpy())
+    return lambda images: classify(built, images)
 
 
 def study(settings: list[dict], calib_count: int, log=print) -> dict:
     from rebirth_tvm.frontend.datasets import as_inputs, fashion_mnist
     from rebirth_tvm.pipeline import RebirthOptions, compile_model
     from rebirth_tvm.backend.measure import cpu_model
-    from rebirth_tvm.core.errors import RebirthError
-    from rebirth_tvm.relearn.distill import DistillOptions, distill
+    from rebirth_tvm.relearn.distill import distill
 
     train_images, _ = fashion_mnist("train")
     calib = as_inputs(train_images[:calib_count])
@@ -106,8 +110,8 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
     call = calls[0]
     test_images, labels = fashion_mnist("test")
     test = as_inputs(test_images)
-    teacher_test = predictions(call["teacher"], test, call["compiler"])
-    teacher_train = predictions(call["teacher"], call["train"], call["compiler"])
+    teacher = classifier(call["teacher"], call["compiler"])
+    teacher_test, teacher_train = teacher(test), teacher(call["train"])
     result = {"model": "fashion_googlenet", "sites": "every site reborn", "calibration_images": calib_count,
               "distilled_on": len(call["train"]), "held_out": len(call["held_out"]), "test_images": len(test),
               "teacher_top1": float(np.mean(teacher_test == labels)), "machine": f"{cpu_model()}, {os.cpu_count()} cores",
@@ -118,10 +122,11 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
         mod, summary = distill(call["mod"], call["teacher"], call["train"], call["held_out"], call["regenerated"], options,
                                log=log, compiler=call["compiler"], site_outputs=call["site_outputs"])
         seconds = time.perf_counter() - start
-        student_test = predictions(mod, test, call["compiler"])
+        student = classifier(mod, call["compiler"])
+        student_test = student(test)
         row = {"setting": setting, "options": dataclasses.asdict(options), "top1": float(np.mean(student_test == labels)),
                "agreement": float(np.mean(student_test == teacher_test)),
-               "own_images_agreement": float(np.mean(predictions(mod, call["train"], call["compiler"]) == teacher_train)),
+               "own_images_agreement": float(np.mean(student(call["train"]) == teacher_train)),
                "held_out_agreement": summary["after"]["agreement"], "best_epoch": summary["best_epoch"],
                "epochs_run": summary["epochs_run"], "seconds": round(seconds, 1)}
         row["top1_change_points"] = round(100 * (row["top1"] - result["teacher_top1"]), 2)
@@ -156,8 +161,6 @@ def markdown(results: list[dict]) -> str:
 
 def _earlier(path: str) -> list:
     """What ``--append`` adds to, checked before minutes of study."""
-    from rebirth_tvm.core.errors import RebirthError
-
     if not os.path.exists(path):
         return []
     try:
@@ -171,8 +174,6 @@ def _earlier(path: str) -> list:
 
 
 def main(argv=None) -> int:
-    from rebirth_tvm.core.errors import RebirthError
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--setting", action="append", default=[], help="NAME=VALUE,... of DistillOptions (repeat)")
     parser.add_argument("--calib-count", type=int, default=1000)
