@@ -273,22 +273,23 @@ def _relearn(job: Job, module, sibling_merge: bool):
         recover = bool(relearned_merges(sites))
         if not recover and (rebirth.distill is not None or rebirth.finetune is not None):
             _log("no merge or decomposition was relearned: nothing to recover, so no distillation or fine-tuning")
+        # The relearned sites' outputs, and their own bindings (each record lists them), which
+        # recovery trains at the full rate (distillation and fine-tuning add no sites).
+        relearned = [s for s in sites if s.status == "rewritten" and not s.exact]
+        regenerated = {b for s in relearned for b in s.detail.get("new_bindings", [])}
         if rebirth.distill is not None and recover:
             from rebirth_tvm.relearn.distill import classifier_input, distill
 
-            regenerated = {b for s in sites if s.status == "rewritten" and not s.exact for b in s.detail.get("new_bindings", [])}
             options_ = rebirth.distill
             if classifier_input(reference["main"]) is None and options_.feature_weight:
                 options_ = dataclasses.replace(options_, feature_weight=0.0)  # no classifier: logits only
-            site_outputs = {s.site for s in sites if s.status == "rewritten" and not s.exact}
+            site_outputs = {s.site for s in relearned}
             module, distilled = distill(module, reference, train, job.calibration.held_out, regenerated,
                                         options_, log=_log, compiler=compile_for_host, site_outputs=site_outputs)
         relearn_seconds = time.perf_counter() - start
         if rebirth.finetune is not None and recover:
             from rebirth_tvm.relearn.finetune import finetune
 
-            # The relearned sites' own bindings get the higher rate (each record lists them).
-            regenerated = {b for s in sites if s.status == "rewritten" and not s.exact for b in s.detail.get("new_bindings", [])}
             module, finetuned = finetune(module, regenerated, rebirth.finetune)
         if sibling_merge:
             module = MergeParallelConvs(allow_kernel_padding=options.allow_kernel_padding)(module)
