@@ -225,6 +225,25 @@ def test_mixup_blends_pairs_of_images_and_keeps_the_rest():
     assert not set(centre) <= {1.0, 2.0, 4.0, 8.0} and 1.0 <= centre.min() and centre.max() <= 8.0
 
 
+def test_cutmix_pastes_a_rectangle_of_another_image_and_keeps_the_rest():
+    images = np.stack([np.full((1, 12, 12), v, np.float32) for v in (1.0, 2.0, 4.0, 8.0)])
+    every = augment(images, np.random.default_rng(3), cutmix=1.0)
+    values = {1.0, 2.0, 4.0, 8.0, 0.0}  # the inputs and the shift's zero fill: nothing is blended
+    assert set(np.unique(every)) <= values
+    pasted = 0
+    for image, original in zip(every[:, 0], (1.0, 2.0, 4.0, 8.0)):
+        # Away from the shifted-in border, what differs from the image's own value is one rectangle.
+        inner = image[1:-1, 1:-1]
+        other = np.argwhere((inner != original) & (inner != 0.0))
+        if len(other):
+            pasted += 1
+            (y0, x0), (y1, x1) = other.min(0), other.max(0)
+            box = inner[y0:y1 + 1, x0:x1 + 1]
+            assert len(np.unique(box[box != 0.0])) == 1 and np.unique(box[box != 0.0])[0] != original
+    assert pasted >= 2
+    assert np.array_equal(augment(images, np.random.default_rng(3), cutmix=0.0), augment(images, np.random.default_rng(3)))
+
+
 def test_the_rate_warms_up_then_decays():
     from rebirth_tvm.relearn.distill import _schedule
 
@@ -244,6 +263,7 @@ def test_the_rate_warms_up_then_decays():
     (dict(logit_weight=0, feature_weight=0, module_weight=0), "needs something to match"),
     (dict(warmup=1.0), "warmup is a fraction of the steps"),
     (dict(mixup=1.5), "mixup is a share of the images"),
+    (dict(cutmix=-0.1), "cutmix is a share of the images"),
 ])
 def test_bad_options_are_one_line_errors(kwargs, message):
     with pytest.raises(RebirthError, match=message):

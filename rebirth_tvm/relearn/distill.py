@@ -70,6 +70,7 @@ class DistillOptions:
     module_weight: float = 1.0
     augment: bool = True
     mixup: float = 0.0
+    cutmix: float = 0.0
     patience: int = 5
     seed: int = 0
 
@@ -87,8 +88,9 @@ class DistillOptions:
                 raise RebirthError(f"distillation {name} must be 0 or more, got {getattr(self, name)}")
         if not (self.logit_weight or self.feature_weight or self.module_weight):
             raise RebirthError("distillation needs something to match: logit_weight, feature_weight and module_weight are all 0")
-        if not 0 <= self.mixup <= 1:
-            raise RebirthError(f"distillation mixup is a share of the images in [0, 1], got {self.mixup}")
+        for name in ("mixup", "cutmix"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise RebirthError(f"distillation {name} is a share of the images in [0, 1], got {getattr(self, name)}")
         if not 0 <= self.warmup < 1:
             raise RebirthError(f"distillation warmup is a fraction of the steps in [0, 1), got {self.warmup}")
         if self.patience < 1:
@@ -198,10 +200,12 @@ def with_features(mod: tvm.IRModule) -> tvm.IRModule:
     return tapped(mod, [feature.name])
 
 
-def augment(images: np.ndarray, rng: np.random.Generator, mixup: float = 0.0) -> np.ndarray:
+def augment(images: np.ndarray, rng: np.random.Generator, mixup: float = 0.0, cutmix: float = 0.0) -> np.ndarray:
     """A random horizontal flip and a shift of up to 1/12 of the side (zeros fill in), per image;
     with ``mixup``, that share of the images is then blended with another one (weight drawn
-    uniformly from [0, 0.5)): new inputs between the calibration images, which the teacher labels."""
+    uniformly from [0, 0.5)); with ``cutmix``, that share gets a rectangle of another one pasted
+    in (its area a uniform share of the image, its place uniform). Both make new inputs from the
+    calibration images, which the teacher labels."""
     out = np.empty_like(images)
     height, width = images.shape[-2:]
     reach_y, reach_x = max(1, height // 12), max(1, width // 12)
@@ -214,11 +218,19 @@ def augment(images: np.ndarray, rng: np.random.Generator, mixup: float = 0.0) ->
         xs, xd = (slice(0, width - dx), slice(dx, width)) if dx >= 0 else (slice(-dx, width), slice(0, width + dx))
         shifted[..., yd, xd] = image[..., ys, xs]
         out[i] = shifted
+    sources = out.copy()  # what is mixed or pasted in: the flipped, shifted images, not each other's results
     if mixup:
         mixed = rng.random(len(out)) < mixup
         partners = rng.permutation(len(out))
         weight = (rng.random(len(out)) * 0.5).astype(out.dtype).reshape(-1, *[1] * (out.ndim - 1))
-        out = np.where(mixed.reshape(weight.shape), (1 - weight) * out + weight * out[partners], out)
+        out = np.where(mixed.reshape(weight.shape), (1 - weight) * out + weight * sources[partners], out)
+    if cutmix:
+        partners = rng.permutation(len(out))
+        for i in np.flatnonzero(rng.random(len(out)) < cutmix):
+            side = np.sqrt(rng.random())
+            h, w = int(round(height * side)), int(round(width * side))
+            y, x = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            out[i, ..., y:y + h, x:x + w] = sources[partners[i], ..., y:y + h, x:x + w]
     return out
 
 
@@ -510,7 +522,7 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
     steps_per_epoch = max(1, (len(train) // model_batch) // samples_per_step)
     total_steps, step, stale = options.epochs * steps_per_epoch, 0, 0
     for epoch in range(1, options.epochs + 1):
-        images = augment(train, rng, options.mixup) if options.augment else train
+        images = augment(train, rng, options.mixup, options.cutmix) if options.augment else train
         order = rng.permutation(len(images) // model_batch)
         bar = tqdm(range(steps_per_epoch), desc=f"distil epoch {epoch}/{options.epochs}", disable=None, leave=False)
         for s in bar:
@@ -552,6 +564,6 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
                "temperature": options.temperature, "logit_weight": options.logit_weight,
                "feature_weight": options.feature_weight, "module_weight": options.module_weight,
                "module_boundaries": boundaries, "lr": options.lr,
-               "rest_scale": options.rest_scale, "augment": options.augment, "mixup": options.mixup, "warmup": options.warmup, "fast_tensors": sum(1 for _, r in weights if r),
+               "rest_scale": options.rest_scale, "augment": options.augment, "mixup": options.mixup, "cutmix": options.cutmix, "warmup": options.warmup, "fast_tensors": sum(1 for _, r in weights if r),
                "other_tensors": sum(1 for _, r in weights if not r), "inputs_per_call": size, "seconds": round(time.perf_counter() - start, 1)}
     return tvm.IRModule(functions, attrs=mod.attrs), summary
