@@ -128,7 +128,7 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
                "agreement": float(np.mean(student_test == teacher_test)),
                "own_images_agreement": float(np.mean(student(call["train"]) == teacher_train)),
                "held_out_agreement": summary["after"]["agreement"], "best_epoch": summary["best_epoch"],
-               "epochs_run": summary["epochs_run"], "seconds": round(seconds, 1)}
+               "epochs_run": summary["epochs_run"], "seconds": round(seconds, 1), "module_term": "each"}
         row["top1_change_points"] = round(100 * (row["top1"] - result["teacher_top1"]), 2)
         log(f"{describe(setting)}: top-1 {row['top1']:.2%} ({row['top1_change_points']:+.2f}), agreement {row['agreement']:.2%}, "
             f"on its own images {row['own_images_agreement']:.2%}, {row['seconds']} s")
@@ -144,19 +144,27 @@ def markdown(results: list[dict]) -> str:
     lines = ["# Distillation settings on fashion_googlenet, every site reborn", "",
              "Each row distils the same reborn network (per-site fits done once); top-1 and agreement on the "
              "10,000 test images, and agreement on the images it was distilled on.", "",
-             "| date | images | setting | rate, rest | top-1 | Δ points | agreement | on its own images | held-out | best / run epochs | s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| date | images | setting | rate, rest | mixup, cutmix | module weight | top-1 | Δ points | agreement | on its own images | held-out | best / run epochs | s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     machines = []
     for result in results:
         machine = f"{result['date']}: teacher top-1 {result['teacher_top1']:.2%}, {result['machine']}"
         if machine not in machines:
             machines.append(machine)
         for row in result["rows"]:
-            rates = f"{row['options']['lr']:g}, {row['options']['rest_scale']:g}×"
-            lines.append(f"| {result['date']} | {result['calibration_images']:,} | {describe(row['setting'])} | {rates} | {row['top1']:.2%} | "
+            options = row["options"]
+            rates = f"{options['lr']:g}, {options['rest_scale']:g}×"
+            mixing = f"{options.get('mixup', 0):g}, {options.get('cutmix', 0):g}"
+            module = f"{options['module_weight']:g} {row.get('module_term', 'shared')}"
+            lines.append(f"| {result['date']} | {result['calibration_images']:,} | {describe(row['setting'])} | {rates} | {mixing} | {module} | "
+                         f"{row['top1']:.2%} | "
                          f"{row['top1_change_points']:+.2f} | {row['agreement']:.2%} | {row['own_images_agreement']:.2%} | "
                          f"{row['held_out_agreement']:.1%} | {row['best_epoch']} / {row['epochs_run']} | {row['seconds']} |")
-    return "\n".join(lines + [""] + [f"- {m}" for m in machines] + [""])
+    notes = ["- module weight: *shared* among the module boundaries (17 with every site reborn; rows before "
+             "2026-12-07 15:30), or given to *each* (since then; 1 each is about 16 shared).",
+             "- `boundary` (inputs moved up the student's loss gradient) was an option tried on 2026-12-07 and removed: "
+             "it made the result worse."]
+    return "\n".join(lines + [""] + [f"- {m}" for m in machines] + notes + [""])
 
 
 def _earlier(path: str) -> list:

@@ -87,10 +87,17 @@ def test_results_render_as_table_and_png(tmp_path):
                            {"name": "both/lstsq/1000+distill10", "ablation": "both", "hook": "lstsq", "calib_images": 1000, "finetune": False,
                             "tucker": None, "distill": 10, "distill_summary": {"epochs_run": 10, "best_epoch": 9, "lr": 0.003, "rest_scale": 1.0},
                             "reborn_top1": 0.917, "top1_change_points": -0.3, "agreement": 0.985, "relearned_sites": 20,
+                            "refused_sites": 3, "seconds": 300.0, "speedup": 1.4},
+                           {"name": "both/lstsq/1000+distill80+modules", "ablation": "both", "hook": "lstsq", "calib_images": 1000,
+                            "finetune": False, "tucker": None, "distill": 80,
+                            "distill_summary": {"epochs_run": 80, "best_epoch": 78, "lr": 0.003, "rest_scale": 1.0, "mixup": 0.5, "cutmix": 0.5,
+                                                "module_boundaries": ["a", "b"], "module_weight": 1.0, "module_term": "each"},
+                            "reborn_top1": 0.917, "top1_change_points": -0.3, "agreement": 0.985, "relearned_sites": 20,
                             "refused_sites": 3, "seconds": 300.0, "speedup": 1.4}]}
     text = markdown(result)
     assert "| both/lstsq/1000 | yes | yes | lstsq | 1,000 | — | no | no | no | no | 91.50% | -0.50 | 98.00% | 1.50x | 20 / 3 | 60 |" in text
     assert "| 10 epochs (best 9), rate 0.003, rest 1× |" in text
+    assert "| 80 epochs (best 78), 2 module boundaries (weight 1 each), rate 0.003, rest 1×, mixup 0.5, cutmix 0.5 |" in text
     plot(result, str(tmp_path / "a.png"))
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -12,12 +12,16 @@ calibration images the user already gave. Here:
   ``feature_weight`` × the squared error of the classifier's input features (the last feature
   map, pooled), relative to their mean squared norm. A 10-class logit vector says little per
   image; the features the classifier reads say much more;
-* **module reconstruction** (``module_weight``): plus the mean, over the *module boundaries*
+* **module reconstruction** (``module_weight``): plus, for each of the *module boundaries*
   (:func:`module_boundaries`: the inception modules' outputs and the relearned sites' outputs
-  that the reborn network shares with the original), of each one's relative squared error. Each
-  module is matched on its own output with its inputs from the reborn network below (errors
-  from below included, as BRECQ-style block reconstruction does), jointly with the rest rather
-  than one module at a time, so one gradient module serves every block;
+  that the reborn network shares with the original), ``module_weight`` × its relative squared
+  error: by default each boundary counts as much as the classifier's features. Each module is
+  matched on its own output with its inputs from the reborn network below (errors from below
+  included, as BRECQ-style block reconstruction does), jointly with the rest rather than one
+  module at a time, so one gradient module serves every block. Feature maps say far more per
+  image than 10 logits, and that is what a thousand images lack: on fashion_googlenet with every
+  site reborn (80 epochs, mixup and cutmix), sharing one weight among the 17 boundaries reached
+  89.32% top-1 at a total of 4, 89.67% at 16 and 89.62% at 64; 16 is about one per boundary;
 * **weights**: every float weight of the network, at one rate by default. The relearned sites'
   own (their records' ``new_bindings``) and the classifier always get the full rate; the others
   get ``rest_scale`` of it. The layers around a merge are what can make up for what it cannot
@@ -28,9 +32,15 @@ calibration images the user already gave. Here:
   decaying on a cosine, over mini-batches of per-sample gradients from
   ``relax.transform.Gradient`` (the model's batch is 1), compiled by the caller's ``compiler``
   (the pipeline's: the project's scheduled CPU kernels);
-* **data**: the calibration images that relearning used, with cheap augmentation (horizontal
-  flips, shifts of a few pixels; with ``mixup``, blends of two images) relabelled by the teacher
-  each time — the teacher, not a label, says what each augmented image should give;
+* **data**: the calibration images that relearning used, with cheap augmentation relabelled by
+  the teacher each time — the teacher, not a label, says what each augmented image should
+  give: horizontal flips and shifts of a few pixels, then a ``mixup`` share blended with another
+  image and a ``cutmix`` share with a rectangle of another pasted in. New inputs between the
+  calibration images stand in for the images a user does not have: on fashion_googlenet with
+  every site reborn (80 epochs) none reached 88.33% top-1, half mixed 88.49%, half pasted
+  88.50%, both 88.75%; pasting into every image 87.50%. Inputs moved up the student's loss
+  gradient (towards where it disagrees, relabelled by the teacher) made it worse (88.45% against
+  89.67%) and were not kept;
 * **early stopping**: after every epoch the objective and the top-1 agreement are measured on
   the held-out calibration images; the weights with the lowest held-out objective are kept,
   the weights before distillation included, so it never ends worse on its own objective.
@@ -69,8 +79,8 @@ class DistillOptions:
     feature_weight: float = 1.0
     module_weight: float = 1.0
     augment: bool = True
-    mixup: float = 0.0
-    cutmix: float = 0.0
+    mixup: float = 0.5
+    cutmix: float = 0.5
     patience: int = 5
     seed: int = 0
 
@@ -453,7 +463,7 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
         squares += [float(np.sum(t.astype(np.float64) ** 2)) for t in out[1:]]
     teacher_logits = np.concatenate(teacher_logits)
     scales = [max(total / len(held), 1e-30) for total in squares]
-    point_weights = [(options.feature_weight if name not in boundaries else options.module_weight / len(boundaries)) / scale
+    point_weights = [(options.feature_weight if name not in boundaries else options.module_weight) / scale
                      for name, scale in zip(names, scales)]
     points = list(zip(names, point_weights))
 
@@ -562,7 +572,7 @@ def distill(mod: tvm.IRModule, teacher: tvm.IRModule, train: np.ndarray, held_ou
     summary = {"images": len(train), "held_out": len(held), "epochs_run": len(history) - 1, "best_epoch": best["epoch"],
                "before": history[0], "after": {k: best[k] for k in ("objective", "agreement")}, "history": history,
                "temperature": options.temperature, "logit_weight": options.logit_weight,
-               "feature_weight": options.feature_weight, "module_weight": options.module_weight,
+               "feature_weight": options.feature_weight, "module_weight": options.module_weight, "module_term": "each",
                "module_boundaries": boundaries, "lr": options.lr,
                "rest_scale": options.rest_scale, "augment": options.augment, "mixup": options.mixup, "cutmix": options.cutmix, "warmup": options.warmup, "fast_tensors": sum(1 for _, r in weights if r),
                "other_tensors": sum(1 for _, r in weights if not r), "inputs_per_call": size, "seconds": round(time.perf_counter() - start, 1)}
