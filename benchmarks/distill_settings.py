@@ -160,8 +160,8 @@ def markdown(results: list[dict]) -> str:
                          f"{row['top1']:.2%} | "
                          f"{row['top1_change_points']:+.2f} | {row['agreement']:.2%} | {row['own_images_agreement']:.2%} | "
                          f"{row['held_out_agreement']:.1%} | {row['best_epoch']} / {row['epochs_run']} | {row['seconds']} |")
-    notes = ["- module weight: *shared* among the module boundaries (17 with every site reborn; rows before "
-             "2026-12-07 15:30), or given to *each* (since then; 1 each is about 16 shared).",
+    notes = ["- module weight: *shared* among the module boundaries (17 with every site reborn; the rows before "
+             "the first *each*), or given to *each* (the default since; 1 each is about 16 shared).",
              "- `boundary` (inputs moved up the student's loss gradient) was an option tried on 2026-12-07 and removed: "
              "it made the result worse."]
     return "\n".join(lines + [""] + [f"- {m}" for m in machines] + notes + [""])

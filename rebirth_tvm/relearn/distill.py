@@ -317,8 +317,11 @@ def _compile_on_cpu(mod: tvm.IRModule):
     return tvm.compile(mod, target=tvm.target.Target("llvm"))
 
 
-#: the rate's share of its peak below which epochs without progress count towards ``patience``
-PATIENCE_FROM_RATE = 0.5
+#: the rate's share of its peak below which epochs without progress count towards ``patience``.
+#: With augmentation the held-out objective (200 images) is noisy while the rate is still high:
+#: counted from half the peak, a 100-epoch run on fashion_googlenet with every site reborn
+#: stopped at epoch 68, still improving, at 88.59% top-1, below 80 epochs' 89.64%.
+PATIENCE_FROM_RATE = 0.2
 
 #: held-out images evaluated at once (only sums are kept between batches)
 EVAL_BATCH = 32
