@@ -128,7 +128,8 @@ def study(settings: list[dict], calib_count: int, log=print) -> dict:
                "agreement": float(np.mean(student_test == teacher_test)),
                "own_images_agreement": float(np.mean(student(call["train"]) == teacher_train)),
                "held_out_agreement": summary["after"]["agreement"], "best_epoch": summary["best_epoch"],
-               "epochs_run": summary["epochs_run"], "seconds": round(seconds, 1), "module_term": "each"}
+               "epochs_run": summary["epochs_run"], "seconds": round(seconds, 1),
+               "module_term": summary.get("module_term", "shared"), "patience_from_rate": summary.get("patience_from_rate")}
         row["top1_change_points"] = round(100 * (row["top1"] - result["teacher_top1"]), 2)
         log(f"{describe(setting)}: top-1 {row['top1']:.2%} ({row['top1_change_points']:+.2f}), agreement {row['agreement']:.2%}, "
             f"on its own images {row['own_images_agreement']:.2%}, {row['seconds']} s")
@@ -156,14 +157,24 @@ def markdown(results: list[dict]) -> str:
             rates = f"{options['lr']:g}, {options['rest_scale']:g}×"
             mixing = f"{options.get('mixup', 0):g}, {options.get('cutmix', 0):g}"
             module = f"{options['module_weight']:g} {row.get('module_term', 'shared')}"
+            epochs = f"{row['best_epoch']} / {row['epochs_run']}"
+            if row.get("patience_from_rate") is not None:
+                epochs += f" (patience from {row['patience_from_rate']:g})"
             lines.append(f"| {result['date']} | {result['calibration_images']:,} | {describe(row['setting'])} | {rates} | {mixing} | {module} | "
                          f"{row['top1']:.2%} | "
                          f"{row['top1_change_points']:+.2f} | {row['agreement']:.2%} | {row['own_images_agreement']:.2%} | "
-                         f"{row['held_out_agreement']:.1%} | {row['best_epoch']} / {row['epochs_run']} | {row['seconds']} |")
-    notes = ["- module weight: *shared* among the module boundaries (17 with every site reborn; the rows before "
-             "the first *each*), or given to *each* (the default since; 1 each is about 16 shared).",
-             "- `boundary` (inputs moved up the student's loss gradient) was an option tried on 2026-12-07 and removed: "
-             "it made the result worse."]
+                         f"{row['held_out_agreement']:.1%} | {epochs} | {row['seconds']} |")
+    rows = [row for result in results for row in result["rows"]]
+    notes = []
+    if any(row.get("module_term", "shared") == "shared" for row in rows):
+        notes.append("- module weight: *shared* among the module boundaries (17 with every site reborn; rows before "
+                     "2026-12-07's first *each*) or given to *each* (the default since; with 17 boundaries, 1 each is 17 shared).")
+    if any(row.get("patience_from_rate") is None for row in rows):
+        notes.append("- patience: rows that do not say counted it from half the peak rate, except 2026-12-07's second "
+                     "epochs=100 row (89.82%), which counted it from a fifth, the default since.")
+    if any("boundary" in row["setting"] for row in rows):
+        notes.append("- `boundary` (inputs moved up the student's loss gradient) was an option tried on 2026-12-07 and "
+                     "removed: it made the result worse.")
     return "\n".join(lines + [""] + [f"- {m}" for m in machines] + notes + [""])
 
 

@@ -228,9 +228,10 @@ def _distilled(v: dict) -> str:
     # The rates changed on 2026-12-07 (every weight at 3e-3; before, 1e-3 with the rest at a
     # tenth): a row says which it ran at, since --append keeps rows measured under either.
     rates = f", rate {summary['lr']:g}, rest {summary['rest_scale']:g}×" if "lr" in summary and "rest_scale" in summary else ""
-    # Later on 2026-12-07: mixup and cutmix on half the images each, and the module weight given
-    # to each boundary instead of shared among them (summaries from before say neither).
-    mixing = f", mixup {summary['mixup']:g}, cutmix {summary['cutmix']:g}" if "cutmix" in summary else ""
+    # Later on 2026-12-07: mixup and cutmix on half the images each by default, and the module
+    # weight given to each boundary instead of shared among them (a summary without
+    # ``module_term`` shared it; one without ``cutmix`` predates it).
+    mixing = "".join(f", {name} {summary[name]:g}" for name in ("mixup", "cutmix") if summary.get(name))
     if modules:
         modules += f" (weight {summary['module_weight']:g} {summary.get('module_term', 'shared')})"
     return f"{summary['epochs_run']} epochs (best {summary['best_epoch']}){modules}{rates}{mixing}"

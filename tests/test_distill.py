@@ -123,7 +123,7 @@ def test_distillation_brings_a_damaged_student_back_towards_the_teacher_without_
     assert summary["epochs_run"] >= 1 and summary["fast_tensors"] >= 3  # the site's conv and bias, the classifier
 
 
-def diverging_distillation(epochs: int):
+def diverging_distillation(epochs: int, warmup: float = 0.0):
     """A slightly damaged student distilled at a rate (50) that makes every epoch worse, with
     patience 1: ``(the returned module, summary, the student, the held-out inputs)``."""
     teacher_mod = small_classifier(dtype="float32")
@@ -131,7 +131,7 @@ def diverging_distillation(epochs: int):
     r = np.random.default_rng(5)
     train, held = r.standard_normal((16, 2, 6, 6)).astype(np.float32), r.standard_normal((8, 2, 6, 6)).astype(np.float32)
     out, summary = distill(student_mod, teacher_mod, train, held, {damaged},
-                           DistillOptions(epochs=epochs, batch=4, lr=50.0, rest_scale=1.0, patience=1, warmup=0.0))
+                           DistillOptions(epochs=epochs, batch=4, lr=50.0, rest_scale=1.0, patience=1, warmup=warmup))
     return out, summary, student_mod, held
 
 
@@ -147,6 +147,14 @@ def test_patience_counts_only_once_the_rate_has_decayed():
     # ends with the rate at a fifth of its peak or below: the end of epoch 5 of 6 (epoch 4 ends at a quarter).
     _, summary, _, _ = diverging_distillation(epochs=6)
     assert summary["best_epoch"] == 0 and summary["epochs_run"] == 5
+
+
+def test_epochs_in_the_warmup_do_not_count_towards_patience():
+    # The rate is low in the warmup too, but rising: with half the steps warming up (12 epochs of
+    # 4 steps), epoch 1 ends at a fifth of the peak; diverging with patience 1, it runs on until
+    # the decay has brought the rate to a fifth again, the end of epoch 11.
+    _, summary, _, _ = diverging_distillation(epochs=12, warmup=0.5)
+    assert summary["best_epoch"] == 0 and summary["epochs_run"] == 11
 
 
 def test_the_feature_term_pulls_the_features_to_the_teachers_too():
@@ -196,6 +204,27 @@ def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
     assert distance["modules"] < min(distance["logits"], distance["before"]), distance
 
 
+def test_each_module_boundary_is_weighted_module_weight_not_a_share_of_it():
+    teacher_mod, student_mod, damaged, train, held = damaged_student()
+    points = [damaged, concat_name(teacher_mod)]
+
+    def values_at(mod):
+        vm = relax.VirtualMachine(tvm.compile(tapped(mod, points), target=tvm.target.Target("llvm")), tvm.cpu())
+        outs = [vm["main"](tvm.runtime.tensor(held[i:i + 1])) for i in range(len(held))]
+        return [np.concatenate([o[k + 1].numpy() for o in outs]) for k in range(len(points))]
+
+    # Each boundary's squared error relative to the teacher's mean squared norm there, summed:
+    # two boundaries at weight 2 count 2 each (a mean would make it 1 each).
+    relative = [feature_loss(s, t, float(np.mean(np.sum(t.reshape(len(t), -1).astype(np.float64) ** 2, -1))))
+                for s, t in zip(values_at(student_mod), values_at(teacher_mod))]
+    assert min(relative) > 0
+    _, summary = distill(student_mod, teacher_mod, train, held, {damaged},
+                         DistillOptions(epochs=1, batch=8, logit_weight=0.0, feature_weight=0.0, module_weight=2.0),
+                         site_outputs={damaged})
+    assert summary["module_boundaries"] == points and summary["module_term"] == "each"
+    assert summary["before"]["objective"] == pytest.approx(2.0 * sum(relative), rel=1e-4)
+
+
 def test_distillation_with_the_projects_kernels_matches_the_plain_build():
     from rebirth_tvm.backend.build import compile_for_host
 
@@ -241,7 +270,11 @@ def test_cutmix_pastes_a_rectangle_of_another_image_and_keeps_the_rest():
             box = inner[y0:y1 + 1, x0:x1 + 1]
             assert len(np.unique(box[box != 0.0])) == 1 and np.unique(box[box != 0.0])[0] != original
     assert pasted >= 2
-    assert np.array_equal(augment(images, np.random.default_rng(3), cutmix=0.0), augment(images, np.random.default_rng(3)))
+    # Pasted after mixup, from the unblended images: with both on every image, the pasted pixels
+    # are input values exactly while the rest are blends.
+    both = augment(images, np.random.default_rng(3), mixup=1.0, cutmix=1.0)
+    exact = np.isin(both[:, 0, 1:-1, 1:-1], [1.0, 2.0, 4.0, 8.0])
+    assert exact.any() and not exact.all()
 
 
 def test_the_rate_warms_up_then_decays():

@@ -41,13 +41,20 @@ def test_the_table_shows_each_row_with_the_rates_and_weights_it_ran_at():
     old = {"setting": {"epochs": 80}, "options": {"lr": 0.003, "rest_scale": 1.0, "mixup": 0.0, "module_weight": 1.0}, "top1": 0.8833,
            "top1_change_points": -4.85, "agreement": 0.9102, "own_images_agreement": 0.975, "held_out_agreement": 0.925,
            "best_epoch": 71, "epochs_run": 76, "seconds": 331.6}
-    new = dict(old, options={"lr": 0.003, "rest_scale": 0.1, "mixup": 0.5, "cutmix": 0.25, "module_weight": 2.0}, module_term="each")
+    new = dict(old, options={"lr": 0.003, "rest_scale": 0.1, "mixup": 0.5, "cutmix": 0.25, "module_weight": 2.0}, module_term="each",
+               patience_from_rate=0.2)
     table = distill_settings.markdown([{"date": "2026-12-07", "calibration_images": 1000, "teacher_top1": 0.9318,
                                         "machine": "x86_64, 2 cores", "rows": [old, new]}])
     assert ("| 2026-12-07 | 1,000 | epochs=80 | 0.003, 1× | 0, 0 | 1 shared | 88.33% | -4.85 | 91.02% | 97.50% | 92.5% | 71 / 76 | 331.6 |"
             in table)
     assert "| epochs=80 | 0.003, 0.1× | 0.5, 0.25 | 2 each | 88.33% |" in table
+    assert "| 92.5% | 71 / 76 (patience from 0.2) | 331.6 |" in table
     assert "- 2026-12-07: teacher top-1 93.18%, x86_64, 2 cores" in table
+    # The notes on older rows only where such rows are.
+    assert "*shared* among" in table and "patience: rows that do not say" in table and "`boundary`" not in table
+    alone = distill_settings.markdown([{"date": "2026-12-08", "calibration_images": 1000, "teacher_top1": 0.9318,
+                                        "machine": "x86_64, 2 cores", "rows": [new]}])
+    assert "*shared* among" not in alone and "patience: rows" not in alone
 
 
 def test_the_capture_is_undone_even_when_the_pipeline_fails():
