@@ -34,6 +34,13 @@ def damaged_student(train_count=48, held_count=24, seed=4):
     return teacher_mod, student_mod, damaged, train, held
 
 
+def tapped_values(mod, points, images) -> list[np.ndarray]:
+    """The values of ``mod``'s ``points`` (variable names) on ``images``, one array per point."""
+    vm = relax.VirtualMachine(tvm.compile(tapped(mod, points), target=tvm.target.Target("llvm")), tvm.cpu())
+    outs = [vm["main"](tvm.runtime.tensor(images[i:i + 1])) for i in range(len(images))]
+    return [np.concatenate([o[k + 1].numpy() for o in outs]) for k in range(len(points))]
+
+
 def run_main(mod, images):
     vm = relax.VirtualMachine(tvm.compile(mod, target=tvm.target.Target("llvm")), tvm.cpu())
     return np.concatenate([vm["main"](tvm.runtime.tensor(images[i:i + 1])).numpy() for i in range(len(images))])
@@ -189,8 +196,7 @@ def test_the_module_term_pulls_the_module_boundaries_to_the_teachers():
     boundary = concat_name(teacher_mod)
 
     def boundary_of(mod):
-        vm = relax.VirtualMachine(tvm.compile(tapped(mod, [boundary]), target=tvm.target.Target("llvm")), tvm.cpu())
-        return np.concatenate([vm["main"](tvm.runtime.tensor(held[i:i + 1]))[1].numpy() for i in range(len(held))])
+        return tapped_values(mod, [boundary], held)[0]
 
     target = boundary_of(teacher_mod)
     distance = {"before": feature_loss(boundary_of(student_mod), target, 1.0)}
@@ -208,15 +214,10 @@ def test_each_module_boundary_is_weighted_module_weight_not_a_share_of_it():
     teacher_mod, student_mod, damaged, train, held = damaged_student()
     points = [damaged, concat_name(teacher_mod)]
 
-    def values_at(mod):
-        vm = relax.VirtualMachine(tvm.compile(tapped(mod, points), target=tvm.target.Target("llvm")), tvm.cpu())
-        outs = [vm["main"](tvm.runtime.tensor(held[i:i + 1])) for i in range(len(held))]
-        return [np.concatenate([o[k + 1].numpy() for o in outs]) for k in range(len(points))]
-
     # Each boundary's squared error relative to the teacher's mean squared norm there, summed:
     # two boundaries at weight 2 count 2 each (a mean would make it 1 each).
     relative = [feature_loss(s, t, float(np.mean(np.sum(t.reshape(len(t), -1).astype(np.float64) ** 2, -1))))
-                for s, t in zip(values_at(student_mod), values_at(teacher_mod))]
+                for s, t in zip(tapped_values(student_mod, points, held), tapped_values(teacher_mod, points, held))]
     assert min(relative) > 0
     _, summary = distill(student_mod, teacher_mod, train, held, {damaged},
                          DistillOptions(epochs=1, batch=8, logit_weight=0.0, feature_weight=0.0, module_weight=2.0),
