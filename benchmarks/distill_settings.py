@@ -170,8 +170,7 @@ def markdown(results: list[dict]) -> str:
         notes.append("- module weight: *shared* among the module boundaries (17 with every site reborn; rows before "
                      "2026-12-07's first *each*) or given to *each* (the default since; with 17 boundaries, 1 each is 17 shared).")
     if any(row.get("patience_from_rate") is None for row in rows):
-        notes.append("- patience: rows that do not say counted it from half the peak rate, except 2026-12-07's second "
-                     "epochs=100 row (89.82%), which counted it from a fifth, the default since.")
+        notes.append("- patience: rows that do not say counted it from half the peak rate.")
     if any("boundary" in row["setting"] for row in rows):
         notes.append("- `boundary` (inputs moved up the student's loss gradient) was an option tried on 2026-12-07 and "
                      "removed: it made the result worse.")
